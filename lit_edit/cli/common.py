@@ -1,0 +1,36 @@
+"""Pieces both entry points build from a composed config: model, logger, trainer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.models.loading import ModelSpec, load_model
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig) -> tuple[Any, Any, ModelLayout]:
+    """Load the model named by ``cfg.model`` and resolve its module layout."""
+    spec = ModelSpec(**OmegaConf.to_container(cfg.model.spec, resolve=True))
+    model, tokenizer = load_model(spec)
+    overrides = cfg.model.get("layout")
+    layout = layout_for(model, OmegaConf.to_container(overrides, resolve=True) if overrides else None)
+    return model, tokenizer, layout
+
+
+def build_logger(cfg: DictConfig) -> Any:
+    """The configured Lightning logger, or False for ``logger=none``."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or "_target_" not in logger_cfg:
+        return False
+    return hydra.utils.instantiate(logger_cfg)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], logger: Any) -> L.Trainer:
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -1,0 +1,53 @@
+"""``python edit.py ...``: apply an editor to a model over a benchmark and measure it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from lit_edit.cli.common import build_logger, build_model, build_trainer
+from lit_edit.data.datamodule import EditDataModule
+from lit_edit.editors.base import Editor
+from lit_edit.evaluation.loop import EditingLoop, EvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_editor(cfg: DictConfig) -> Editor:
+    if cfg.get("ckpt"):
+        raise NotImplementedError(
+            f"ckpt={cfg.ckpt}: loading trained editors from checkpoints comes with the learned editors "
+            "(MEND, KE, SERAC, ...), none of which exists in this version; use a training-free editor=..."
+        )
+    editor = hydra.utils.instantiate(cfg.editor, _convert_="all")
+    if not isinstance(editor, Editor):
+        raise TypeError(f"editor config {cfg.editor.get('_target_')} built a {type(editor).__name__}, not an Editor")
+    return editor
+
+
+def build_datamodule(cfg: DictConfig, eval_cfg: EvalConfig) -> EditDataModule:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return EditDataModule(batch_size=eval_cfg.edits_per_batch, **data)
+
+
+def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Edit + evaluate as configured; writes records.jsonl / summary.{json,md,png} to ``run_dir``."""
+    L.seed_everything(cfg.seed, workers=True)
+    eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
+    editor = build_editor(cfg)
+    datamodule = build_datamodule(cfg, eval_cfg)
+    model, tokenizer, layout = build_model(cfg)
+    run_info = {"model": cfg.model.spec.name, "data": cfg.data.name, "limit": cfg.data.limit}
+    loop = EditingLoop(model, tokenizer, editor, eval_cfg, run_dir=run_dir, layout=layout, run_info=run_info)
+    logger = build_logger(cfg)
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = [editor] if isinstance(editor, L.Callback) else []
+    trainer = build_trainer(cfg, callbacks, logger)
+    trainer.test(loop, datamodule=datamodule, verbose=False)
+    return loop.summary

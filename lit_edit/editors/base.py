@@ -1,0 +1,95 @@
+"""What every editor is: ``edit(model, tokenizer, requests) -> handle`` and ``handle.undo()``.
+
+The evaluation loop owns everything else (pre-edit predictions, metrics, when to undo);
+an editor only changes the model and knows how to take the change back. Training-free
+editors are Lightning callbacks so the ``Trainer`` runs their one-off preparation
+(covariance statistics, codebooks) in ``setup`` with the loop's model in hand.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.models.layouts import ModelLayout, layout_for
+
+
+class EditHandle(abc.ABC):
+    """Proof of one applied edit; ``undo`` restores the model exactly as it was before it."""
+
+    @abc.abstractmethod
+    def undo(self) -> None: ...
+
+
+class WeightSnapshot(EditHandle):
+    """Copies of the parameters an edit is about to change, taken before it changes them.
+
+    Restoring by copying the saved tensors (rather than subtracting a delta) is what makes
+    undo bit-exact: floating-point ``(w + d) - d`` is not always ``w``.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        self.params = dict(params)
+        self.saved = {name: p.detach().clone() for name, p in self.params.items()}
+        self._undone = False
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """Current value minus saved value per parameter (what the edit wrote)."""
+        return {name: p.detach() - self.saved[name] for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def undo(self) -> None:
+        if self._undone:
+            raise RuntimeError("this edit was already undone")
+        for name, p in self.params.items():
+            p.copy_(self.saved[name])
+        self._undone = True
+
+
+class Editor(abc.ABC):
+    """A knowledge editor. Subclasses implement :meth:`edit`; :meth:`prepare` is optional."""
+
+    #: short name used in results and run directories
+    name: str = "editor"
+
+    def __init__(self) -> None:
+        self.layout: ModelLayout | None = None
+
+    def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
+        """One-off work before the first edit (resolve modules, load statistics)."""
+        self.layout = layout or layout_for(model)
+
+    def ensure_prepared(self, model: nn.Module, tokenizer) -> ModelLayout:
+        if self.layout is None:
+            self.prepare(model, tokenizer)
+        assert self.layout is not None
+        return self.layout
+
+    @abc.abstractmethod
+    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditHandle:
+        """Apply ``requests`` to ``model`` in place and return how to take them back."""
+
+
+class CallbackEditor(Editor, L.Callback):
+    """A training-free editor plugged into the Trainer; prepares itself at ``setup``."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.prepare(pl_module.model, pl_module.tokenizer, getattr(pl_module, "layout", None))
+
+
+class NoEdit(CallbackEditor):
+    """Changes nothing: measures the unedited model with the same loop (a baseline row)."""
+
+    name = "none"
+
+    class _Nothing(EditHandle):
+        def undo(self) -> None:
+            return None
+
+    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditHandle:
+        return self._Nothing()

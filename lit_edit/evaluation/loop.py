@@ -1,0 +1,340 @@
+"""The one evaluation loop: ``trainer.test(EditingLoop(...), datamodule=...)``.
+
+Per test batch (a list of edit requests) the loop applies the editor, scores every probe
+of the batch in one padded forward pass, and then undoes the edit (``single``/``batch``)
+or keeps it (``sequential``/``sequential_batch``). Locality is agreement with the
+*unedited* model, so pre-edit predictions for every locality probe of the run are taken
+once, before the first edit. Editors never evaluate themselves.
+
+When sequential runs evaluate (``eval_at``) is explicit because papers disagree:
+``each_edit`` scores a batch right after it is written, ``end`` re-scores every edit on
+the final model, ``every_n`` re-scores all edits so far after every n edits (a curve).
+In sequential modes the final model is always scored as well; the headline numbers of a
+sequential run are those of the final model, the immediate ones appear as ``*@each_edit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.editors.base import Editor, EditHandle
+from lit_edit.evaluation.efficiency import PeakMemory, Stopwatch
+from lit_edit.evaluation.fluency import n_gram_entropy
+from lit_edit.evaluation.metrics import (
+    MeanValue, PerEditMean, ProbabilityComparison, exact_match, token_accuracy, token_agreement,
+)
+from lit_edit.evaluation.probes import ProbeRow, build_probes
+from lit_edit.evaluation.results import RecordWriter, format_table, nan_to_none, plot_summary, write_summary
+from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
+from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.utils.tokens import tokenize_pairs
+
+log = logging.getLogger(__name__)
+
+MODES = ("single", "batch", "sequential", "sequential_batch")
+EVAL_AT = ("each_edit", "end", "every_n")
+PROTOCOLS = ("teacher_forced", "generation_em")
+
+
+@dataclass
+class EvalConfig:
+    """Mirrors ``configs/eval/*.yaml``; see that file for what each switch means."""
+
+    mode: str = "single"
+    batch_size: int = 1
+    eval_at: str = "each_edit"
+    every_n: int = 50
+    protocol: str = "teacher_forced"
+    generation_em: bool = False
+    cf_probability: bool = False
+    fluency: bool = False
+    fluency_max_new_tokens: int = 100
+    generation_batch_size: int = 16
+    token_budget: int = 4096
+    max_length: int = 512
+    restore_at_end: bool = True
+
+    def __post_init__(self) -> None:
+        for field_name, value, allowed in (("mode", self.mode, MODES), ("eval_at", self.eval_at, EVAL_AT),
+                                           ("protocol", self.protocol, PROTOCOLS)):
+            if value not in allowed:
+                raise ValueError(f"eval.{field_name} must be one of {allowed}, got {value!r}")
+        if self.protocol == "generation_em":
+            self.generation_em = True
+        if self.batch_size < 1 or self.every_n < 1:
+            raise ValueError("eval.batch_size and eval.every_n must be >= 1")
+
+    @property
+    def sequential(self) -> bool:
+        return self.mode.startswith("sequential")
+
+    @property
+    def edits_per_batch(self) -> int:
+        return self.batch_size if self.mode in ("batch", "sequential_batch") else 1
+
+
+def request_key(req: EditRequest) -> tuple[str, str]:
+    return (req.source, req.case_id)
+
+
+class EditingLoop(L.LightningModule):
+    """Holds the base model, runs edits through ``editor`` and measures them."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        editor: Editor,
+        cfg: EvalConfig,
+        run_dir: str | Path | None = None,
+        layout: ModelLayout | None = None,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.editor = editor
+        self.cfg = cfg
+        self.layout = layout or layout_for(model)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_info = dict(run_info or {})
+        self.summary: dict[str, Any] = {}
+        self._pre: dict[tuple, Tensor] = {}
+        self._edited: list[EditRequest] = []
+        self._handles: list[EditHandle] = []
+        self._records: dict[int, dict[str, Any]] = {}
+        self._metrics: dict[str, Any] = {}
+        self._curve: list[dict[str, Any]] = []
+        self._stopwatch = Stopwatch()
+        self._peak_mb = 0.0
+        self._n_edits = 0
+        self._writer: RecordWriter | None = None
+
+    # -- Lightning plumbing ----------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # requests are text; tensors are made on the model's device when scoring
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def _metric(self, name: str, cls: type = PerEditMean):
+        if name not in self._metrics:
+            self._metrics[name] = cls().to(self.device)
+        return self._metrics[name]
+
+    # -- before the first edit -------------------------------------------------------------
+    def on_test_start(self) -> None:
+        self._stopwatch = Stopwatch(self.device)
+        if self.run_dir is not None and self.global_rank == 0 and not self.cfg.sequential:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = RecordWriter(self.run_dir / "records.jsonl")
+        loaders = self.trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        requests = [r for loader in loaders for batch in loader for r in batch]
+        rows = build_probes(requests, 0, kinds=("locality",))
+        if rows:
+            tf = self._score(rows)
+            for i, row in enumerate(rows):
+                self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
+
+    @staticmethod
+    def _pre_key(req: EditRequest, row: ProbeRow) -> tuple:
+        return (*request_key(req), row.group, row.slot)
+
+    # -- one batch of edits ----------------------------------------------------------------
+    def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
+        first = self._n_edits
+        mem = PeakMemory(self.device)
+        with mem, self._stopwatch, torch.enable_grad():
+            handle = self.editor.edit(self.model, self.tokenizer, batch)
+        self._peak_mb = max(self._peak_mb, mem.peak_mb)
+        seconds = self._stopwatch.last / len(batch)
+        self._n_edits += len(batch)
+        for offset, req in enumerate(batch):
+            self._records[first + offset] = {
+                "edit": first + offset, "case_id": req.case_id, "source": req.source, "prompt": req.prompt,
+                "target_new": req.target_new, "edit_seconds": seconds, "peak_memory_mb": mem.peak_mb,
+            }
+        if not self.cfg.sequential or self.cfg.eval_at == "each_edit":
+            self._evaluate(batch, first, stage="each_edit")
+        if self.cfg.sequential:
+            self._edited.extend(batch)
+            self._handles.append(handle)
+            if self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n:
+                point = self._evaluate(self._edited, 0, stage=f"after_{self._n_edits}", record=False)
+                self._curve.append({"n_edits": self._n_edits, **point})
+        else:
+            handle.undo()
+            if self._writer is not None:
+                for e in range(first, self._n_edits):
+                    self._writer.write(self._records.pop(e))
+
+    # -- scoring ---------------------------------------------------------------------------
+    def _score(self, rows: Sequence[ProbeRow]):
+        pairs = tokenize_pairs(self.tokenizer, [r.prompt for r in rows], [r.answer for r in rows], self.cfg.max_length)
+        return teacher_forced(self.model, pairs, pad_id=self.pad_id, token_budget=self.cfg.token_budget)
+
+    def _evaluate(self, requests: Sequence[EditRequest], first: int, stage: str, record: bool = True) -> dict[str, float]:
+        """Score all probes of ``requests`` (edits numbered from ``first``) on the current model."""
+        cfg = self.cfg
+        rows = build_probes(requests, first, counterfact=cfg.cf_probability)
+        values: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        if rows:
+            tf = self._score(rows)
+            acc = token_accuracy(tf.pred_ids, tf.label_ids, tf.mask)
+            nll_by_key = {}
+            for i, row in enumerate(rows):
+                if row.kind == "locality":
+                    pre = self._pre.get(self._pre_key(requests[row.edit - first], row))
+                    if pre is None:
+                        raise RuntimeError(f"no pre-edit prediction for locality probe {row.prompt!r}")
+                    value = token_agreement(pre[None], tf.pred_ids[i][tf.mask[i]][None],
+                                            torch.ones(1, len(pre), dtype=torch.bool))[0]
+                else:
+                    value = acc[i]
+                if not row.kind.endswith(("_true", "_new")):
+                    values[row.kind].append((row.edit, float(value)))
+                    if row.group != row.kind:  # named benchmark groups: portability/one_hop, locality/nq
+                        values[f"{row.kind}/{row.group}"].append((row.edit, float(value)))
+                nll_by_key[(row.edit, row.kind, row.group, row.slot)] = float(tf.nll[i])
+            if cfg.cf_probability:
+                self._probability_scores(rows, nll_by_key, values)
+        if cfg.generation_em:
+            self._generation_scores(rows, values)
+        if cfg.fluency and stage in ("each_edit", "end"):
+            self._fluency(requests, first, values)
+        return self._aggregate(values, stage, record)
+
+    def _probability_scores(self, rows, nll, values) -> None:
+        """CounterFact's protocol: P(new) > P(true) on edit and paraphrase prompts, the reverse
+        on neighbourhood prompts (ROME's efficacy / paraphrase / neighborhood scores)."""
+        pairs = {"efficacy_score": ("reliability", "reliability_true", False),
+                 "paraphrase_score": ("generalization", "generalization_true", False),
+                 "neighborhood_score": ("locality", "locality_new", True)}
+        for name, (kind_a, kind_b, true_wins) in pairs.items():
+            for row in rows:
+                if row.kind != kind_a:
+                    continue
+                other = nll.get((row.edit, kind_b, row.group, row.slot))
+                if other is not None:
+                    mine = nll[(row.edit, kind_a, row.group, row.slot)]
+                    values[name].append((row.edit, float(mine < other)))
+
+    def _generation_scores(self, rows: Sequence[ProbeRow], values) -> None:
+        """Exact match of greedy generations against the answer or any alias."""
+        rows = [r for r in rows if r.kind in ("reliability", "generalization", "portability")]
+        if not rows:
+            return
+        longest = max(len(self.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for r in rows for a in r.aliases)
+        texts = greedy_generate(self.model, self.tokenizer, [r.prompt for r in rows], max_new_tokens=longest + 2,
+                                batch_size=self.cfg.generation_batch_size)
+        em = exact_match(texts, [list(r.aliases) for r in rows])
+        for row, value in zip(rows, em.tolist()):
+            values[f"{row.kind}_em"].append((row.edit, value))
+
+    def _fluency(self, requests: Sequence[EditRequest], first: int, values) -> None:
+        prompts, owners = [], []
+        for offset, req in enumerate(requests):
+            for p in req.generation_prompts or [req.prompt]:
+                prompts.append(p)
+                owners.append(first + offset)
+        texts = greedy_generate(self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.fluency_max_new_tokens,
+                                batch_size=self.cfg.generation_batch_size)
+        per_edit: dict[int, list[str]] = defaultdict(list)
+        for owner, prompt, text in zip(owners, prompts, texts):
+            per_edit[owner].append(prompt + text)
+        for edit, gens in per_edit.items():
+            values["fluency"].append((edit, n_gram_entropy(gens)))
+
+    def _aggregate(self, values: dict[str, list[tuple[int, float]]], stage: str, record: bool) -> dict[str, float]:
+        """Feed per-probe values to per-edit-mean metrics; fill per-edit records."""
+        out: dict[str, float] = {}
+        for name, items in values.items():
+            edits = torch.tensor([e for e, _ in items], device=self.device)
+            vals = torch.tensor([v for _, v in items], device=self.device, dtype=torch.float32)
+            if record:
+                self._metric(f"{stage}:{name}").update(vals, edits)
+                by_edit: dict[int, list[float]] = defaultdict(list)
+                for e, v in items:
+                    by_edit[e].append(v)
+                for e, vs in by_edit.items():
+                    rec = self._records.setdefault(e, {"edit": e})
+                    key = name if stage == "each_edit" else f"{name}@{stage}"
+                    rec[key] = sum(vs) / len(vs)
+            else:
+                m = PerEditMean().to(self.device)
+                m.update(vals, edits)
+                out[name] = float(m.compute())
+        return out
+
+    # -- after the last edit ---------------------------------------------------------------
+    def on_test_epoch_end(self) -> None:
+        cfg = self.cfg
+        if cfg.sequential and self._edited:
+            self._evaluate(self._edited, 0, stage="end")
+        summary = self._summary()
+        self.summary = summary
+        numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+        if numeric:
+            self.log_dict(numeric, sync_dist=False, rank_zero_only=True)
+        if cfg.sequential and cfg.restore_at_end:
+            for handle in reversed(self._handles):
+                handle.undo()
+            self._handles.clear()
+
+    def on_test_end(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.run_dir is None or self.global_rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.sequential:
+            with RecordWriter(self.run_dir / "records.jsonl") as writer:
+                for e in sorted(self._records):
+                    writer.write(self._records[e])
+        tables = {"edits over time": self._curve} if self._curve else None
+        write_summary(self.run_dir, self.summary, extra_tables=tables)
+        plot_summary(self.summary, self.run_dir / "summary.png")
+        print("\n" + format_table(self.summary))
+
+    def _summary(self) -> dict[str, Any]:
+        cfg = self.cfg
+        head_stage = "end" if cfg.sequential else "each_edit"
+        summary: dict[str, Any] = {}
+        stages = sorted({k.split(":", 1)[0] for k in self._metrics})
+        for key, metric in self._metrics.items():
+            stage, name = key.split(":", 1)
+            value = nan_to_none(float(metric.compute()))
+            if stage == head_stage:
+                summary[name] = value
+            if cfg.sequential and len(stages) > 1 or stage != head_stage:
+                summary[f"{name}@{stage}"] = value
+        if cfg.protocol == "generation_em":
+            for name in ("reliability", "generalization", "portability"):
+                summary[f"{name}@teacher_forced"] = summary.get(name)
+                summary[name] = summary.get(f"{name}_em")
+        n = self._n_edits
+        summary.update(
+            seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,
+            peak_memory_mb=self._peak_mb if n else None,
+            n_edits=n,
+            mode=cfg.mode,
+            eval_at=cfg.eval_at,
+            protocol=cfg.protocol,
+            editor=getattr(self.editor, "name", type(self.editor).__name__),
+            **self.run_info,
+        )
+        for key in ("reliability", "generalization", "locality", "portability", "fluency"):
+            summary.setdefault(key, None)
+        return summary

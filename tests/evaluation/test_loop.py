@@ -1,0 +1,101 @@
+"""The evaluation loop: undo vs keep per mode, what is measured when, and what is written."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.editors.base import NoEdit
+from lit_edit.editors.ft import FineTuneEditor
+from lit_edit.evaluation.loop import EditingLoop, EvalConfig
+from lit_edit.evaluation.results import SUMMARY_KEYS
+
+
+def run(model, tok, editor, requests, tmp_path=None, **cfg):
+    cfg.setdefault("fluency", False)
+    eval_cfg = EvalConfig(**cfg)
+    loop = EditingLoop(model, tok, editor, eval_cfg, run_dir=tmp_path)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[editor])
+    loader = DataLoader(requests, batch_size=eval_cfg.edits_per_batch, collate_fn=list)
+    trainer.test(loop, dataloaders=loader, verbose=False)
+    return loop.summary
+
+
+def strong_ft():
+    return FineTuneEditor(layers=[2], num_steps=30, lr=5e-2, weight_decay=0.0, norm_constraint=None,
+                          objective="target_new", stop_loss=None)
+
+
+def test_no_edit_locality_is_one_and_writes_files(tiny, requests_, tmp_path):
+    model, tok = tiny("llama")
+    summary = run(model, tok, NoEdit(), requests_, tmp_path, fluency=True, fluency_max_new_tokens=8)
+    assert summary["locality"] == 1.0
+    assert summary["n_edits"] == 4
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(saved)
+    assert saved["fluency"] is not None and saved["fluency"] > 0
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and {"reliability", "generalization", "locality"} <= set(json.loads(lines[0]))
+    assert "| reliability |" in (tmp_path / "summary.md").read_text()
+
+
+def test_absent_metric_is_null_not_zero(tiny, requests_, tmp_path):
+    model, tok = tiny("gpt2")
+    bare = [EditRequest(prompt=r.prompt, target_new=r.target_new, source=r.source) for r in requests_]
+    summary = run(model, tok, NoEdit(), bare, tmp_path)
+    assert summary["portability"] is None and summary["locality"] is None and summary["generalization"] is None
+    assert json.loads((tmp_path / "summary.json").read_text())["portability"] is None
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_single_and_batch_restore_bit_exactly(tiny, requests_, mode):
+    model, tok = tiny("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = run(model, tok, strong_ft(), requests_, mode=mode, batch_size=2)
+    assert summary["reliability"] > 0.5  # the edits did something while they were applied
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_sequential_keeps_edits_and_reports_end_and_each_edit(tiny, requests_):
+    model, tok = tiny("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = run(model, tok, strong_ft(), requests_, mode="sequential", eval_at="each_edit", restore_at_end=False)
+    assert summary["reliability@each_edit"] is not None and summary["reliability@end"] is not None
+    assert summary["reliability"] == summary["reliability@end"]
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_sequential_restores_at_end_when_asked(tiny, requests_):
+    model, tok = tiny("gptj")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run(model, tok, strong_ft(), requests_, mode="sequential_batch", batch_size=2, eval_at="end")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_every_n_writes_a_curve(tiny, requests_, tmp_path):
+    model, tok = tiny("gpt_neox")
+    run(model, tok, strong_ft(), requests_, tmp_path, mode="sequential", eval_at="every_n", every_n=2)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    curve = saved["tables"]["edits over time"]
+    assert [p["n_edits"] for p in curve] == [2, 4]
+    records = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all("reliability@end" in r for r in records)
+
+
+def test_counterfact_and_generation_protocols(tiny, requests_):
+    model, tok = tiny("llama")
+    summary = run(model, tok, NoEdit(), requests_, cf_probability=True, protocol="generation_em")
+    for key in ("efficacy_score", "paraphrase_score", "neighborhood_score", "reliability@teacher_forced"):
+        assert summary[key] is not None and 0.0 <= summary[key] <= 1.0
+    assert summary["protocol"] == "generation_em"
+
+
+def test_bad_eval_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="eval.mode"):
+        EvalConfig(mode="parallel")
