@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ from lit_edit.editors.base import Editor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
 
 log = logging.getLogger(__name__)
+
+# Lightning noise that says nothing about this run: both the loop and the datamodule keep
+# request batches on the host on purpose, and the pytree deprecation is internal to Lightning.
+_QUIET = (r".*overridden `transfer_batch_to_device`.*", r".*isinstance\(treespec, LeafSpec\).*",
+          r".*litlogger.*")
 
 
 def build_editor(cfg: DictConfig) -> Editor:
@@ -37,6 +43,12 @@ def build_datamodule(cfg: DictConfig, eval_cfg: EvalConfig) -> EditDataModule:
 
 def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Edit + evaluate as configured; writes records.jsonl / summary.{json,md,png} to ``run_dir``."""
+    existing = [n for n in ("summary.json", "records.jsonl") if (Path(run_dir) / n).exists()]
+    if existing:
+        raise FileExistsError(f"{run_dir} already holds results ({', '.join(existing)}); "
+                              "choose another hydra.run.dir - results are never overwritten")
+    for pattern in _QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     editor = build_editor(cfg)

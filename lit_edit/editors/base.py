@@ -57,8 +57,10 @@ class Editor(abc.ABC):
     #: short name used in results and run directories
     name: str = "editor"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
         self.layout: ModelLayout | None = None
+        if name is not None:
+            self.name = name
 
     def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
         """One-off work before the first edit (resolve modules, load statistics)."""

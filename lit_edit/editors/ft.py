@@ -45,7 +45,7 @@ class FineTuneEditor(CallbackEditor):
         max_length: int = 128,
         name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name or ("ft_m" if objective == "target_new" else "ft_l"))
         if objective not in ("prompt_last", "target_new"):
             raise ValueError(f"objective must be 'prompt_last' (FT-L) or 'target_new' (FT-M), got {objective!r}")
         if not layers:
@@ -59,7 +59,6 @@ class FineTuneEditor(CallbackEditor):
         self.stop_loss = stop_loss
         self.module = module
         self.max_length = max_length
-        self.name = name or ("ft_m" if objective == "target_new" else "ft_l")
         self.last_steps: int = 0  # optimisation steps taken by the latest edit (diagnostics)
 
     def _weights(self, model: nn.Module) -> dict[str, nn.Parameter]:

@@ -60,8 +60,9 @@ class EvalConfig:
     fluency: bool = False
     fluency_max_new_tokens: int = 100
     generation_batch_size: int = 16
-    token_budget: int = 4096
+    token_budget: int = 1024
     max_length: int = 512
+    autocast: str | None = None
     restore_at_end: bool = True
 
     def __post_init__(self) -> None:
@@ -71,6 +72,8 @@ class EvalConfig:
                 raise ValueError(f"eval.{field_name} must be one of {allowed}, got {value!r}")
         if self.protocol == "generation_em":
             self.generation_em = True
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"eval.autocast must be null or 'bf16', got {self.autocast!r}")
         if self.batch_size < 1 or self.every_n < 1:
             raise ValueError("eval.batch_size and eval.every_n must be >= 1")
 
@@ -116,6 +119,7 @@ class EditingLoop(L.LightningModule):
         self._metrics: dict[str, Any] = {}
         self._curve: list[dict[str, Any]] = []
         self._stopwatch = Stopwatch()
+        self._eval_watch = Stopwatch()
         self._peak_mb = 0.0
         self._n_edits = 0
         self._writer: RecordWriter | None = None
@@ -136,6 +140,7 @@ class EditingLoop(L.LightningModule):
     # -- before the first edit -------------------------------------------------------------
     def on_test_start(self) -> None:
         self._stopwatch = Stopwatch(self.device)
+        self._eval_watch = Stopwatch(self.device)
         if self.run_dir is not None and self.global_rank == 0 and not self.cfg.sequential:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._writer = RecordWriter(self.run_dir / "records.jsonl")
@@ -144,7 +149,8 @@ class EditingLoop(L.LightningModule):
         requests = [r for loader in loaders for batch in loader for r in batch]
         rows = build_probes(requests, 0, kinds=("locality",))
         if rows:
-            tf = self._score(rows)
+            with self._eval_watch:
+                tf = self._score(rows)
             for i, row in enumerate(rows):
                 self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
 
@@ -183,10 +189,15 @@ class EditingLoop(L.LightningModule):
     # -- scoring ---------------------------------------------------------------------------
     def _score(self, rows: Sequence[ProbeRow]):
         pairs = tokenize_pairs(self.tokenizer, [r.prompt for r in rows], [r.answer for r in rows], self.cfg.max_length)
-        return teacher_forced(self.model, pairs, pad_id=self.pad_id, token_budget=self.cfg.token_budget)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            return teacher_forced(self.model, pairs, pad_id=self.pad_id, token_budget=self.cfg.token_budget)
 
     def _evaluate(self, requests: Sequence[EditRequest], first: int, stage: str, record: bool = True) -> dict[str, float]:
         """Score all probes of ``requests`` (edits numbered from ``first``) on the current model."""
+        with self._eval_watch:
+            return self._evaluate_now(requests, first, stage, record)
+
+    def _evaluate_now(self, requests: Sequence[EditRequest], first: int, stage: str, record: bool) -> dict[str, float]:
         cfg = self.cfg
         rows = build_probes(requests, first, counterfact=cfg.cf_probability)
         values: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -328,10 +339,12 @@ class EditingLoop(L.LightningModule):
         summary.update(
             seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,
             peak_memory_mb=self._peak_mb if n else None,
+            evaluation_seconds=self._eval_watch.elapsed,
             n_edits=n,
             mode=cfg.mode,
             eval_at=cfg.eval_at,
             protocol=cfg.protocol,
+            autocast=cfg.autocast,
             editor=getattr(self.editor, "name", type(self.editor).__name__),
             **self.run_info,
         )

@@ -231,21 +231,24 @@ def canonical_shape(module: nn.Module) -> tuple[int, int]:
     return tuple(canonical_weight(module).shape)  # type: ignore[return-value]
 
 
+def _in_storage_orientation(module: nn.Module, tensor: torch.Tensor, what: str) -> tuple[nn.Parameter, torch.Tensor]:
+    """Check ``tensor`` is ``[out, in]`` and return it as the weight stores it (cast to its dtype/device)."""
+    weight, transposed = weight_view(module)
+    expected = canonical_shape(module)
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{what} has shape {tuple(tensor.shape)}, expected [out, in] = {list(expected)}")
+    return weight, (tensor.T if transposed else tensor).to(device=weight.device, dtype=weight.dtype)
+
+
 @torch.no_grad()
 def add_to_weight(module: nn.Module, delta: torch.Tensor) -> None:
     """``W += delta`` with ``delta`` in ``[out_features, in_features]`` (cast to W's dtype/device)."""
-    weight, transposed = weight_view(module)
-    expected = canonical_shape(module)
-    if tuple(delta.shape) != expected:
-        raise ValueError(f"delta has shape {tuple(delta.shape)}, expected [out, in] = {list(expected)}")
-    weight.add_((delta.T if transposed else delta).to(device=weight.device, dtype=weight.dtype))
+    weight, stored = _in_storage_orientation(module, delta, "delta")
+    weight.add_(stored)
 
 
 @torch.no_grad()
 def set_weight(module: nn.Module, value: torch.Tensor) -> None:
     """Overwrite the weight with ``value`` given in ``[out_features, in_features]`` (e.g. undo)."""
-    weight, transposed = weight_view(module)
-    expected = canonical_shape(module)
-    if tuple(value.shape) != expected:
-        raise ValueError(f"value has shape {tuple(value.shape)}, expected [out, in] = {list(expected)}")
-    weight.copy_(value.T if transposed else value)
+    weight, stored = _in_storage_orientation(module, value, "value")
+    weight.copy_(stored)

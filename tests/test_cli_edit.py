@@ -1,0 +1,64 @@
+"""edit.py end to end on a tiny model and shared ZsRE records, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edit(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "edit.py"), f"hydra.run.dir={tmp_path}", "model=tiny_llama",
+         "eval.fluency_max_new_tokens=8", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_data():
+    from lit_edit.data.paths import data_root
+
+    try:
+        return data_root()
+    except FileNotFoundError as err:
+        pytest.skip(f"shared data not available: {err}")
+
+
+def test_edit_writes_summary_records_and_wandb_run(tmp_path, shared_data):
+    out = edit(tmp_path, "editor=ft_m", "data=zsre", "data.limit=3", "editor.lr=5e-2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("reliability", "generalization", "locality", "portability", "fluency",
+                "seconds_per_edit", "peak_memory_mb", "n_edits"):
+        assert key in summary
+    assert summary["n_edits"] == 3 and summary["editor"] == "ft_m"
+    assert 0.0 <= summary["reliability"] <= 1.0 and summary["seconds_per_edit"] > 0
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 3
+    assert "| reliability |" in out.stdout
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+    # a second run into the same directory must not overwrite the results
+    again = edit(tmp_path, "editor=ft_m", "data=zsre", "data.limit=3", "logger=none")
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_unknown_editor_and_bad_layer_are_clear_errors(tmp_path, shared_data):
+    out = edit(tmp_path / "a", "editor=no_such_editor", "logger=none")
+    assert out.returncode != 0 and "no_such_editor" in out.stderr
+    out = edit(tmp_path / "b", "editor=ft_m", "model.layers.ft=[9]", "data.limit=1", "logger=none")
+    assert out.returncode != 0 and "layer 9 does not exist" in out.stderr
+
+
+def test_train_refuses_training_free_editor(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={tmp_path}", "model=tiny_llama",
+                          "editor=ft_m", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0 and "training-free" in out.stderr
