@@ -46,7 +46,7 @@ def test_edit_writes_summary_records_and_wandb_run(tmp_path, shared_data):
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run directory"
     # a second run into the same directory must not overwrite the results
     again = edit(tmp_path, "editor=ft_m", "data=zsre", "data.limit=3", "logger=none")
-    assert again.returncode != 0 and "exists" in again.stderr
+    assert again.returncode != 0 and "already holds results" in again.stderr
 
 
 def test_unknown_editor_and_bad_layer_are_clear_errors(tmp_path, shared_data):

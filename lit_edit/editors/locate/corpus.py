@@ -1,0 +1,176 @@
+"""Text for key statistics: which documents a second-moment estimate is computed over.
+
+A *source* is either the name ``"wikitext"`` (WikiText-2 ``valid.txt`` then ``test.txt`` from
+the shared data folder, see :func:`lit_edit.data.paths.data_root`), a path to a plain text
+file, or a directory written by ``datasets.Dataset.save_to_disk`` with a ``"text"`` column.
+
+Documents, in file order (deterministic; nothing is shuffled):
+
+- WikiText: every paragraph line is one document (that is how the corpus is laid out).
+- a text file (``unit="auto"``): blank-line-separated paragraphs when the file has blank
+  lines, otherwise one document per line. ``unit="paragraph"`` / ``"line"`` force either.
+- a ``datasets`` directory: one document per row (split ``"train"`` of a ``DatasetDict``
+  when it has one, otherwise all splits in their saved order).
+
+Empty lines and WikiText headings (``" = = Early life = = "``) are never part of a document.
+Lines are stripped; a paragraph keeps its line breaks.
+
+:func:`corpus_id` hashes the selected texts themselves, so a cache keyed by it can never
+serve statistics of a file whose content has since changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from lit_edit.data.paths import data_root as resolve_data_root
+
+WIKITEXT = "wikitext"
+WIKITEXT_FILES = ("wikitext-2/valid.txt", "wikitext-2/test.txt")
+
+Unit = Literal["auto", "paragraph", "line"]
+
+_HEADING = re.compile(r"(?:=\s*)+\S.*?(?:\s*=)+")
+
+
+def is_heading(line: str) -> bool:
+    """A WikiText section heading: ``= Title =``, ``= = Sub = =`` (surrounding space ignored)."""
+    text = line.strip()
+    return text.startswith("=") and text.endswith("=") and _HEADING.fullmatch(text) is not None
+
+
+def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list[Path]]:
+    """``(kind, paths)`` of a source: kind is ``"wikitext"``, ``"text"`` or ``"datasets"``.
+
+    Relative paths are tried against the current directory first, then under the data root
+    (when one can be resolved). A missing source is a ``FileNotFoundError`` naming what was tried.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"corpus source must be 'wikitext' or a path, got {source!r}")
+    if source == WIKITEXT:
+        root = resolve_data_root(data_root)
+        paths = [root / name for name in WIKITEXT_FILES]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"corpus 'wikitext' needs {missing} under the data root {root}")
+        return WIKITEXT, paths
+
+    given = Path(source).expanduser()
+    tried = [given if given.is_absolute() else Path.cwd() / given]
+    if not given.is_absolute():
+        try:
+            tried.append(resolve_data_root(data_root) / given)
+        except FileNotFoundError:
+            pass
+    for path in tried:
+        if path.is_file():
+            return "text", [path.resolve()]
+        if path.is_dir():
+            return "datasets", [path.resolve()]
+    raise FileNotFoundError(
+        f"corpus {source!r} not found (tried {[str(p) for p in tried]}); use 'wikitext', a text file, "
+        "or a directory saved with datasets' save_to_disk"
+    )
+
+
+def source_signature(source: str, data_root: str | None = None) -> tuple:
+    """Cheap change detector for a source: its files' paths, sizes and modification times."""
+    kind, paths = resolve_source(source, data_root)
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return (kind, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def _paragraphs(text: str) -> list[str]:
+    docs, current = [], []
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                docs.append("\n".join(current))
+            current = []
+        elif not is_heading(line):
+            current.append(line.strip())
+    if current:
+        docs.append("\n".join(current))
+    return docs
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not is_heading(line)]
+
+
+def _split(text: str, unit: Unit) -> list[str]:
+    if unit == "auto":
+        has_blank = any(not line.strip() for line in text.strip().splitlines())
+        unit = "paragraph" if has_blank else "line"
+    if unit == "paragraph":
+        return _paragraphs(text)
+    if unit == "line":
+        return _lines(text)
+    raise ValueError(f"unit must be 'auto', 'paragraph' or 'line', got {unit!r}")
+
+
+def _dataset_texts(path: Path) -> list[str]:
+    import datasets  # imported lazily: ~1 s, and only directory sources need it
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - re-raised with what the directory should be
+        raise FileNotFoundError(
+            f"corpus directory {path} is not a dataset saved with datasets' save_to_disk ({exc})"
+        ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        parts = [loaded["train"]] if "train" in loaded else list(loaded.values())
+    else:
+        parts = [loaded]
+    texts: list[str] = []
+    for part in parts:
+        if "text" not in part.column_names:
+            raise ValueError(f"dataset {path} has no 'text' column (columns: {part.column_names})")
+        texts.extend(row for row in part["text"] if isinstance(row, str))
+    return texts
+
+
+def all_documents(source: str, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
+    """Every document of ``source`` in order (see the module docstring for what one is)."""
+    kind, paths = resolve_source(source, data_root)
+    if kind == "datasets":
+        return [doc.strip() for doc in _dataset_texts(paths[0]) if doc.strip() and not is_heading(doc)]
+    if kind == WIKITEXT:
+        unit = "line"
+    docs: list[str] = []
+    for path in paths:
+        docs.extend(_split(path.read_text(encoding="utf-8"), unit))
+    return docs
+
+
+def text_samples(source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
+    """The first ``n_samples`` documents of ``source`` (all of them, with a warning, if fewer)."""
+    if int(n_samples) <= 0:
+        raise ValueError(f"n_samples must be positive, got {n_samples}")
+    docs = all_documents(source, data_root, unit)
+    if not docs:
+        raise ValueError(f"corpus {source!r} contains no text")
+    if len(docs) < n_samples:
+        warnings.warn(f"corpus {source!r} has only {len(docs)} documents; using all of them, not {n_samples}")
+    return docs[: int(n_samples)]
+
+
+def texts_id(texts: list[str]) -> str:
+    """sha256 (16 hex) of a list of texts; each is length-prefixed so boundaries count."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def corpus_id(source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> str:
+    """Content hash of the texts :func:`text_samples` selects (changes whenever they do)."""
+    return texts_id(text_samples(source, n_samples, data_root, unit))

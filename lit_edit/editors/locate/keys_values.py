@@ -1,0 +1,522 @@
+"""Keys and values of locate-then-edit editors (ROME now; MEMIT, PMET, AlphaEdit reuse it).
+
+An MLP down projection ``W`` (layout field ``mlp_out``) is read as a linear associative
+memory: its *input* at the subject's last token is the key ``k`` of a fact, its *output*
+there the value ``v``. Editing a fact means finding
+
+- ``k*``: the key, averaged over a few random prefixes ("context templates") so the edit
+  does not depend on one exact wording (:func:`compute_keys`);
+- ``v*``: a value that makes the model say the new target, found by optimising a vector
+  ``delta`` added to the module's output at the subject's last token
+  (:func:`compute_values` / :func:`value_targets`);
+
+and then writing ``W k* = v*`` into the weight (ROME: a rank-one update, see
+:mod:`lit_edit.editors.rome`; MEMIT: a least-squares update spread over several layers).
+
+Everything here works for any number of requests and any layer, so batch editors call it
+once per layer with all their requests. Value optimisation replays the frozen blocks below
+the edited layer (:func:`lit_edit.utils.replay.frozen_prefix`), runs the LM head only on
+the scored positions (:func:`lit_edit.utils.forward.head_logits`, as ``logits_at`` does) and
+computes the tokens before the subject - which the optimised vector cannot change - once,
+keeping their keys/values in a KV cache: those three are where the speed comes from. Hooks
+go through :mod:`lit_edit.utils.hooks` only.
+
+Sources: ROME (Meng et al., 2022, arXiv:2202.05262) and its code (``rome/compute_u.py``,
+``rome/compute_v.py``, ``rome/repr_tools.py``, ``rome/rome_main.py`` in kmeng01/rome);
+where this module deviates from the code it says so at the place.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
+from lit_edit.utils.forward import decoder_body, head_logits
+from lit_edit.utils.hooks import capture, patch_output
+from lit_edit.utils.replay import frozen_prefix
+from lit_edit.utils.tokens import answer_batch, tokenize_pairs
+
+#: ROME's ``context_template_length_params``: (prefix length in tokens, how many) pairs.
+ROME_LENGTH_PARAMS: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+#: Words the generated prefixes start from (MEMIT's and EasyEdit's choice; ROME started
+#: from GPT-2's ``<|endoftext|>``, which other tokenizers do not have).
+DEFAULT_STARTS: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
+#: ROME's KL ("essence") prompt: keeps what the model thinks the subject *is*.
+ESSENCE_TEMPLATE = "{} is a"
+
+
+# --- context templates ---------------------------------------------------------------------------
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """``"prefix {} suffix"`` -> ``("prefix ", " suffix")``; exactly one ``{}`` is required."""
+    if template.count("{}") != 1:
+        raise ValueError(f"context template {template!r} must contain exactly one '{{}}' (where the prompt goes)")
+    prefix, suffix = template.split("{}")
+    return prefix, suffix
+
+
+def fill_template(template: str, prompt: str) -> str:
+    """The prompt placed in a context template (no ``str.format``: braces elsewhere are kept)."""
+    prefix, suffix = split_template(template)
+    return prefix + prompt + suffix
+
+
+def _clean_prefix(text: str) -> str:
+    text = text.replace("{", " ").replace("}", " ")  # a prefix must not add a placeholder
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@torch.no_grad()
+def context_templates(
+    model: nn.Module,
+    tokenizer,
+    *,
+    length_params: Sequence[Sequence[int]] = ROME_LENGTH_PARAMS,
+    starts: Sequence[str] | None = None,
+    seed: int = 0,
+    top_k: int = 5,
+    fixed: Sequence[str] | None = None,
+) -> list[str]:
+    """``["{}"]`` plus short prefixes the model generates itself, each followed by ``". {}"``.
+
+    ROME averages keys and optimises values over the prompt preceded by random text so the
+    edit holds in context. For each ``(length, n)`` in ``length_params`` it samples ``n``
+    prefixes of ``length`` tokens (start word included) with top-``top_k`` sampling, spread
+    evenly over ``starts``. Sampling is seeded and runs under a forked RNG, so the same model
+    gives the same templates and the caller's random state is untouched. ``fixed`` (a list of
+    templates with one ``{}`` each, e.g. from a config) skips generation entirely.
+
+    Callers cache the result (the ROME editor keeps it on the editor object).
+    """
+    if fixed is not None:
+        templates = list(fixed)
+        if not templates:
+            raise ValueError("fixed context templates must not be empty (use ['{}'] for no context)")
+        for t in templates:
+            split_template(t)
+        return templates
+    starts = list(starts or DEFAULT_STARTS)
+    device = next(model.parameters()).device
+    templates = ["{}"]
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        for length, n in length_params:
+            length, n = int(length), int(n)
+            if n <= 0:
+                continue
+            per_start = [n // len(starts) + (1 if i < n % len(starts) else 0) for i in range(len(starts))]
+            for start, count in zip(starts, per_start):
+                if count == 0:
+                    continue
+                ids = tokenizer([start] * count, add_special_tokens=True, return_tensors="pt")
+                n_new = max(1, length - ids["input_ids"].shape[1])
+                out = model.generate(
+                    input_ids=ids["input_ids"].to(device),
+                    attention_mask=ids["attention_mask"].to(device),
+                    do_sample=True,
+                    top_k=top_k,
+                    top_p=1.0,
+                    temperature=1.0,
+                    max_new_tokens=n_new,
+                    min_new_tokens=n_new,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                for row in out:
+                    text = _clean_prefix(tokenizer.decode(row, skip_special_tokens=True))
+                    templates.append(f"{text}. {{}}" if text else "{}")
+    return templates
+
+
+# --- where the subject is ------------------------------------------------------------------------
+
+
+def subject_last_token_positions(
+    tokenizer,
+    prompts: Sequence[str],
+    subjects: Sequence[str],
+    *,
+    search_from: Sequence[int] | None = None,
+) -> list[int]:
+    """Index of the subject's last token in ``tokenizer(prompt, add_special_tokens=True)``.
+
+    The subject is the first occurrence at or after character ``search_from[i]`` (default 0;
+    pass the length of a context prefix so text in the prefix is never mistaken for it).
+    Fast tokenizers map characters to tokens through offsets, so BOS tokens, subjects at the
+    very start and BPE merges across the subject's boundary are all handled: the answer is
+    the token containing the subject's last character. Tokenizers without offsets fall back
+    to ROME's rule: the number of tokens of the text up to the subject's end, minus one.
+    """
+    if len(prompts) != len(subjects):
+        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
+    starts = list(search_from) if search_from is not None else [0] * len(prompts)
+    ends = []
+    for prompt, subject, start in zip(prompts, subjects, starts):
+        if not subject:
+            raise ValueError(f"an empty subject cannot be located in prompt {prompt!r}")
+        at = prompt.find(subject, start)
+        if at < 0:
+            where = f" (searching from character {start})" if start else ""
+            raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}{where}")
+        ends.append(at + len(subject))
+    if not prompts:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(list(prompts), add_special_tokens=True, return_offsets_mapping=True)
+        positions = []
+        for prompt, subject, end, offsets in zip(prompts, subjects, ends, enc["offset_mapping"]):
+            inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < end]
+            if not inside:
+                raise ValueError(f"no token of prompt {prompt!r} covers subject {subject!r}")
+            positions.append(max(inside))
+        return positions
+    return [len(tokenizer(p[:end], add_special_tokens=True)["input_ids"]) - 1 for p, end in zip(prompts, ends)]
+
+
+def _check_subjects(requests: Sequence[EditRequest]) -> None:
+    for r in requests:
+        if not r.subject:
+            where = f" ({r.source})" if r.source else ""
+            raise ValueError(f"request{where} {r.prompt!r} has no subject: locate-then-edit editors need one")
+
+
+def _templated(requests: Sequence[EditRequest], templates: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
+    """Every request's prompt in every template: prompts, subjects, subject search starts."""
+    if not templates:
+        raise ValueError("at least one context template is needed (use ['{}'] for the bare prompt)")
+    parts = [split_template(t) for t in templates]
+    prompts, subjects, starts = [], [], []
+    for r in requests:
+        for prefix, suffix in parts:
+            prompts.append(prefix + r.prompt + suffix)
+            subjects.append(r.subject)
+            starts.append(len(prefix))
+    return prompts, subjects, starts
+
+
+def _pad_right(ids: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[Tensor, Tensor]:
+    seq = length or max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), seq), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), seq, dtype=torch.long)
+    for r, x in enumerate(ids):
+        input_ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, : len(x)] = 1
+    return input_ids, mask
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def compute_keys(
+    model: nn.Module,
+    tokenizer,
+    layout: ModelLayout,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    *,
+    module: str = "mlp_out",
+    batch_size: int = 64,
+) -> Tensor:
+    """ROME's ``k*``: the input of ``module`` at the subject's last token, averaged over templates.
+
+    Returns ``[n_requests, d_in]`` in float32. Only blocks ``0..layer`` run: the forward
+    stops after the edited block (the recording pass of :func:`frozen_prefix`).
+    """
+    _check_subjects(requests)
+    target = resolve(model, module, layer, layout)  # checks the layer index
+    name = layout.name(module, layer)
+    prompts, subjects, starts = _templated(requests, templates)
+    positions = subject_last_token_positions(tokenizer, prompts, subjects, search_from=starts)
+    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    device = next(model.parameters()).device
+    body = decoder_body(model)
+    keys = []
+    for lo in range(0, len(prompts), batch_size):
+        input_ids, mask = _pad_right(ids[lo : lo + batch_size], tokenizer.pad_token_id)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        cols = torch.tensor(positions[lo : lo + batch_size], device=device)
+        forward = lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)  # noqa: E731
+        with capture(model, [name], what="input") as seen:
+            # the recording pass runs blocks 0..layer and stops: nothing above is computed
+            with frozen_prefix(model, layout, layer + 1, forward):
+                pass
+        if name not in seen:
+            raise RuntimeError(f"{type(target).__name__} {name} did not run in the forward pass")
+        keys.append(seen[name][torch.arange(len(cols), device=device), cols].float())
+    per_prompt = torch.cat(keys)
+    return per_prompt.view(len(requests), len(templates), -1).mean(1)
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueHParams:
+    """ROME's ``v*`` optimisation settings (``compute_v``).
+
+    Attributes:
+        num_grad_steps: forward passes (ROME: 20; the last one only measures, so at most
+            ``num_grad_steps - 1`` Adam updates, as in ROME's loop).
+        lr: Adam learning rate (ROME: 0.5).
+        weight_decay: ROME's ``v_weight_decay``; the term is ``weight_decay * ||delta|| /
+            ||v_orig||^2`` exactly as ROME's code has it (the norm, not its square).
+        clamp_norm_factor: ``||delta||`` is projected back into ``clamp_norm_factor * ||v_orig||``.
+        kl_factor: weight of KL(edited || original) of the next-token distribution at the
+            subject's last token of the essence prompt ``"{subject} is a"``.
+        stop_loss: stop once a request's total loss (NLL + KL + decay) is below this (ROME:
+            5e-2); ``None`` runs every step.
+    """
+
+    num_grad_steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    stop_loss: float | None
+
+    def __post_init__(self) -> None:
+        if self.num_grad_steps < 1:
+            raise ValueError(f"num_grad_steps must be >= 1, got {self.num_grad_steps}")
+        if self.lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("lr and clamp_norm_factor must be positive")
+        if self.weight_decay < 0 or self.kl_factor < 0:
+            raise ValueError("weight_decay and kl_factor must be >= 0")
+
+
+@dataclass
+class ValueTargets:
+    """Result of the ``v*`` optimisation for ``n`` requests (rows).
+
+    ``original`` is the module's output at the subject's last token averaged over the
+    context templates - for an affine module exactly ``module(k*)`` with ``k*`` from
+    :func:`compute_keys` - and ``values = original + delta`` is ``v*``. Locate-then-edit
+    updates therefore write ``module(k*) = v*``, i.e. move the averaged output by ``delta``.
+    """
+
+    values: Tensor  # [n, d_out] v*
+    original: Tensor  # [n, d_out]
+    delta: Tensor  # [n, d_out]
+    steps: list[int]  # forward passes per request
+    nll: list[float]  # target NLL at the returned delta
+    loss: list[float]  # total loss at the returned delta
+
+
+def value_targets(
+    model: nn.Module,
+    tokenizer,
+    layout: ModelLayout,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    hp: ValueHParams,
+    *,
+    module: str = "mlp_out",
+    max_length: int = 128,
+    reuse_prefix: bool = True,
+) -> ValueTargets:
+    """Optimise one ``delta`` per request, added to ``module``'s output at the subject's last token.
+
+    Per request the loss is (ROME ``compute_v``)::
+
+        mean over templates of mean target-token NLL of "<template(prompt)> <target>"
+        + kl_factor * KL(edited || original) at the subject's last token of "{subject} is a"
+        + weight_decay * ||delta|| / ||v_orig||^2
+
+    with ``v_orig`` the module output for the first template (the bare prompt with the
+    default templates). Requests are optimised together but independently: each has its
+    own ``delta`` row and loss (summed, so the gradients do not mix), and stops on its own.
+    ``module`` is a layout field: ``"mlp_out"`` (ROME) or ``"layer"`` (MEMIT's residual ``z``).
+    The NLL is read at the model's last layer, as in every ROME/MEMIT hparams file.
+
+    Speed: blocks below ``layer`` are replayed (:func:`frozen_prefix`), the LM head runs on
+    the scored positions only, and with ``reuse_prefix`` the tokens before each row's subject
+    token - which ``delta`` cannot influence - run once: their keys/values are kept in a KV
+    cache and every step only recomputes the few tokens from the subject on (the subject's
+    last token, the rest of the prompt, the target). ``reuse_prefix=False`` recomputes whole
+    sequences (for models without a ``past_key_values`` cache); both give the same result.
+    """
+    _check_subjects(requests)
+    target_module = resolve(model, module, layer, layout)
+    n, n_templates = len(requests), len(templates)
+    device = next(model.parameters()).device
+
+    # rewriting prompts (every template x request) + one essence prompt per request
+    prompts, subjects, starts = _templated(requests, templates)
+    answers = [r.target_new for r in requests for _ in range(n_templates)]
+    pairs = tokenize_pairs(tokenizer, prompts, answers, max_length)
+    subj_pos = subject_last_token_positions(tokenizer, prompts, subjects, search_from=starts)
+    full_len = [len(x) for x in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    for i, (pos, kept) in enumerate(zip(subj_pos, pairs.n_prompt)):
+        subj_pos[i] = pos - (full_len[i] - kept)  # tokenize_pairs cuts over-long prompts on the left
+        if subj_pos[i] < 0:
+            raise ValueError(f"prompt {prompts[i]!r} is too long for max_length={max_length}: the subject was cut")
+    kl_prompts = [ESSENCE_TEMPLATE.format(r.subject) for r in requests]
+    kl_pos = subject_last_token_positions(tokenizer, kl_prompts, [r.subject for r in requests])
+    kl_ids = [ids[: p + 1] for ids, p in zip(tokenizer(kl_prompts, add_special_tokens=True)["input_ids"], kl_pos)]
+
+    n_rw = len(pairs)
+    batch = answer_batch(pairs, range(n_rw), tokenizer.pad_token_id)
+    # every row: its tokens up to the last one whose output is used, and where delta goes
+    rows_ids = [x[:-1] for x in pairs.ids] + kl_ids  # the last target token is never an input
+    cut = subj_pos + kl_pos
+    n_tok = len(batch.targets)
+    score_rows = torch.cat([batch.rows, torch.arange(n_rw, n_rw + n)])
+    score_cols = torch.cat([batch.cols, torch.tensor(kl_pos)])
+    if reuse_prefix:
+        forward, score_cols = _prefix_cached_forward(model, tokenizer, rows_ids, cut, score_rows, score_cols, device)
+        patch_cols = torch.zeros(n_rw + n, dtype=torch.long, device=device)
+    else:
+        forward = _full_forward(model, tokenizer, rows_ids, device)
+        patch_cols = torch.tensor(cut, device=device)
+    rows, cols = score_rows.to(device), score_cols.to(device)
+    patch_rows = torch.arange(n_rw + n, device=device)
+    patch_req = torch.tensor([i // n_templates for i in range(n_rw)] + list(range(n)), device=device)
+    targets = batch.targets.to(device)
+    tok_pair = batch.pair.to(device)
+    tokens_per_pair = torch.bincount(tok_pair, minlength=n_rw).clamp(min=1).float()
+
+    recorded: dict[str, Tensor] = {}
+
+    def add_delta(out: Tensor) -> Tensor:
+        if "original" not in recorded:  # first call: delta is zero, this is the unedited output
+            recorded["original"] = out[patch_rows, patch_cols].detach().float()
+        return out.index_put((patch_rows, patch_cols), delta[patch_req].to(out.dtype), accumulate=True)
+
+    d_out = _output_width(model, target_module)
+    delta = torch.zeros(n, d_out, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.lr)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    kept_delta = torch.zeros(n, d_out, device=device)
+    steps = [0] * n
+    last_nll = torch.zeros(n, device=device)
+    last_loss = torch.zeros(n, device=device)
+    init_kl: Tensor | None = None
+    v_norm: Tensor | None = None
+
+    with frozen_prefix(model, layout, layer, forward), patch_output(target_module, add_delta), torch.enable_grad():
+        for step in range(hp.num_grad_steps):
+            hidden = forward().last_hidden_state
+            logits = head_logits(model, hidden[rows, cols]).float()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            token_nll = -log_probs[:n_tok].gather(1, targets[:, None]).squeeze(1)
+            pair_nll = torch.zeros(n_rw, device=device).index_add(0, tok_pair, token_nll) / tokens_per_pair
+            nll = pair_nll.view(n, n_templates).mean(1)
+            kl_log_probs = log_probs[n_tok:]
+            if init_kl is None:
+                init_kl = kl_log_probs.detach().clone()
+            kl = (kl_log_probs.exp() * (kl_log_probs - init_kl)).sum(-1)  # KL(edited || original)
+            if v_norm is None:  # ROME's ||v_orig||: the value for the first template (the bare prompt)
+                v_norm = recorded["original"][:n_rw].view(n, n_templates, d_out)[:, 0].norm(dim=-1)
+            decay = hp.weight_decay * delta.norm(dim=-1) / v_norm**2
+            loss = nll + hp.kl_factor * kl + decay
+            active = ~done
+            for i in torch.nonzero(active).flatten().tolist():
+                steps[i] += 1
+            last_nll = torch.where(active, nll.detach(), last_nll)
+            last_loss = torch.where(active, loss.detach(), last_loss)
+            if hp.stop_loss is not None:
+                newly = active & (loss.detach() < hp.stop_loss)
+                kept_delta[newly] = delta.detach()[newly]
+                done |= newly
+            if bool(done.all()) or step == hp.num_grad_steps - 1:
+                break
+            opt.zero_grad(set_to_none=True)
+            (loss * (~done)).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                max_norm = hp.clamp_norm_factor * v_norm
+                norms = delta.norm(dim=-1)
+                scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+                delta[done] = kept_delta[done]  # finished requests keep the delta that met stop_loss
+
+    final = torch.where(done[:, None], kept_delta, delta.detach())
+    original = recorded["original"][:n_rw].view(n, n_templates, d_out).mean(1)
+    return ValueTargets(
+        values=original + final,
+        original=original,
+        delta=final,
+        steps=steps,
+        nll=last_nll.tolist(),
+        loss=last_loss.tolist(),
+    )
+
+
+def _full_forward(model: nn.Module, tokenizer, rows_ids: list[list[int]], device) -> Callable[[], Any]:
+    """The decoder body over whole right-padded rows (positions are the natural ones)."""
+    input_ids, mask = _pad_right(rows_ids, tokenizer.pad_token_id)
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    body = decoder_body(model)
+    return lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)
+
+
+@torch.no_grad()
+def _prefix_cached_forward(
+    model: nn.Module, tokenizer, rows_ids: list[list[int]], cut: list[int], rows: Tensor, cols: Tensor, device
+) -> tuple[Callable[[], Any], Tensor]:
+    """Run every row's tokens before ``cut[i]`` once; return a forward over the rest.
+
+    The returned forward feeds only ``rows_ids[i][cut[i]:]`` (right-padded) with a copy of
+    the prefixes' KV cache, explicit position ids and a mask that hides the prefixes'
+    padding, so its hidden states equal those of the whole rows at columns ``>= cut``.
+    Also returns the scored columns shifted into the suffix.
+    """
+    body = decoder_body(model)
+    pad = tokenizer.pad_token_id
+    width = max(cut)
+    prefix_ids, prefix_mask = _pad_right([x[:c] for x, c in zip(rows_ids, cut)], pad, max(width, 1))
+    suffix_ids, suffix_mask = _pad_right([x[c:] for x, c in zip(rows_ids, cut)], pad)
+    cache = None
+    if width > 0:
+        # No padding mask here: causal attention already keeps the trailing pads out of the real
+        # tokens, and rows that are all padding (subject at position 0) would give NaN keys.
+        prefix_ids = prefix_ids.to(device)
+        cache = body(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True).past_key_values
+    else:
+        prefix_mask = prefix_mask[:, :0]
+    positions = torch.tensor(cut)[:, None] + torch.arange(suffix_ids.shape[1])[None]
+    suffix_ids, positions = suffix_ids.to(device), positions.to(device)
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1).to(device)
+
+    def forward() -> Any:
+        past = copy.deepcopy(cache) if cache is not None else None  # each forward appends to it
+        return body(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=past, use_cache=past is not None)
+
+    return forward, cols - torch.tensor(cut)[rows]
+
+
+def compute_values(
+    model: nn.Module,
+    tokenizer,
+    layout: ModelLayout,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    hp: ValueHParams,
+    *,
+    module: str = "mlp_out",
+    max_length: int = 128,
+    reuse_prefix: bool = True,
+) -> Tensor:
+    """ROME's ``v*`` per request: ``[n_requests, d_out]`` (see :func:`value_targets`)."""
+    return value_targets(model, tokenizer, layout, layer, requests, templates, hp,
+                         module=module, max_length=max_length, reuse_prefix=reuse_prefix).values
+
+
+def _output_width(model: nn.Module, module: nn.Module) -> int:
+    """Width of the main output of ``module``: ``out_features`` of a projection, else d_model."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return canonical_shape(module)[0]
+    return int(model.config.hidden_size)

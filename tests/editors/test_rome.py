@@ -1,0 +1,358 @@
+"""ROME and its key/value computation on tiny random models of four layouts.
+
+Tiny random models route almost nothing from one position to later ones through their
+near-uniform attention, so the "edit succeeds" check uses prompts that end with the subject
+(the first target token is then predicted at the subject's last token, where ``v*`` is
+written) and one-token targets. The algebra (rank one, ``W k* = v*``, the C-weighted
+solution, undo) is checked on the shared fixture requests, whose subjects sit mid-prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tokenizers import processors
+
+import lit_edit.editors.locate.keys_values as kv
+from lit_edit.data.schema import EditRequest
+from lit_edit.editors.rome import CachedStatsProvider, ROMEEditor
+from lit_edit.models.layouts import layout_for, resolve
+from lit_edit.utils.hooks import capture
+
+ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+LAYER = 1
+TEMPLATES = ["{}", "The weather is nice. {}"]  # fixed templates: no generation in most tests
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread is faster for tiny models and polite."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rome(**overrides) -> ROMEEditor:
+    # generous settings for tiny random models (ROME's own are in configs/editor/rome.yaml)
+    hp = dict(layer=LAYER, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
+              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, context_templates=TEMPLATES)
+    return ROMEEditor(**{**hp, **overrides})
+
+
+def next_token_probs(model, tok, prompt: str) -> torch.Tensor:
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits[0, -1].softmax(-1)
+
+
+def mlp_out_name(model) -> str:
+    return layout_for(model).name("mlp_out", LAYER) + ".weight"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rome_edit_learns_target_touches_one_weight_rank_one_and_undoes(tiny, arch):
+    model, tok = tiny(arch)
+    req = EditRequest(prompt="The mother tongue of Danielle Darrieux", target_new="Rome", subject="Danielle Darrieux")
+    (target_id,) = tok(" Rome")["input_ids"]
+    assert next_token_probs(model, tok, req.prompt).argmax() != target_id
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    editor = rome()
+    handle = editor.edit(model, tok, [req])
+
+    assert next_token_probs(model, tok, req.prompt).argmax() == target_id
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {mlp_out_name(model)}
+    (delta,) = handle.deltas().values()
+    s = torch.linalg.svdvals(delta.double())
+    assert s[1] / s[0] < 1e-4, f"update is not rank one: singular values {s[:3].tolist()}"
+    # the defining property: the edited projection maps k* to v*
+    (upd,) = editor.last_updates
+    module = resolve(model, "mlp_out", LAYER)
+    with torch.no_grad():
+        out = module(upd.key[None])[0]
+    assert torch.allclose(out, upd.value, atol=1e-5, rtol=1e-4)
+    assert not any(p.requires_grad for p in model.parameters())
+
+    handle.undo()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} not restored exactly"
+
+
+def random_text_second_moment(model, layer: int, n_seq: int = 8, seq_len: int = 64) -> torch.Tensor:
+    """C = E[k k^T] of mlp_out's input over random token sequences (what the stats cache will provide)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (n_seq, seq_len), generator=gen)
+    name = layout_for(model).name("mlp_out", layer)
+    with torch.no_grad(), capture(model, [name], what="input") as seen:
+        model(input_ids=ids)
+    keys = seen[name].reshape(-1, seen[name].shape[-1]).double()
+    return (keys.T @ keys / keys.shape[0]).float()
+
+
+class FixedMoment:
+    def __init__(self, matrix: torch.Tensor) -> None:
+        self.matrix, self.calls = matrix, 0
+
+    def get(self, model, tokenizer, layout, layer):
+        self.calls += 1
+        return self.matrix
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_update_with_real_second_moment_is_the_c_weighted_solution(tiny, requests_, arch):
+    model, tok = tiny(arch)
+    c = random_text_second_moment(model, LAYER)
+    provider = FixedMoment(c)
+    editor = rome(mom2_adjustment=True, stats_provider=provider, v_num_grad_steps=5)
+    handle = editor.edit(model, tok, requests_[:1])
+    (upd,) = editor.last_updates
+    (delta,) = handle.deltas().values()
+    delta = delta.double()
+    if delta.shape[0] != upd.value.shape[0]:  # GPT-2 Conv1D stores [in, out]
+        delta = delta.T
+    c64, k = c.double(), upd.key.double()
+    # left = C^-1 k*, Delta W = outer(right, left), W' k* = v*
+    assert torch.allclose(c64 @ upd.left, k, atol=1e-8 * k.norm(), rtol=1e-6)
+    assert torch.allclose(delta, upd.delta(), atol=1e-6 * upd.delta().abs().max())
+    with torch.no_grad():
+        out = resolve(model, "mlp_out", LAYER)(upd.key[None])[0]
+    assert torch.allclose(out, upd.value, atol=1e-5, rtol=1e-4)
+    # C-weighted: Delta W C = r k*^T / (k*^T C^-1 k*) with r = v* - W k*, i.e. among all updates
+    # with Delta W k* = r it has the least sum over keys of ||Delta W k||^2 (tr(Delta W C Delta W^T))
+    residual = upd.right * torch.dot(upd.left, k)
+    expected = torch.outer(residual, k) / torch.dot(k, upd.left)
+    assert torch.allclose(delta @ c64, expected, atol=1e-4 * expected.abs().max())
+    cost = lambda d: torch.trace(d @ c64 @ d.T)  # noqa: E731
+    other = torch.randn_like(delta)
+    other -= torch.outer(other @ k, k) / k.dot(k)  # keeps Delta W k* unchanged
+    assert cost(delta) < cost(delta + 1e-2 * other / other.norm() * delta.norm())
+    # C matters: the update's input direction is not k* itself (as with C = I) ...
+    assert (upd.left / upd.left.norm() - k / k.norm()).norm() > 1e-2
+    # ... and C is fetched and factorised once per editor
+    editor.edit(model, tok, requests_[1:2])
+    assert provider.calls == 1
+
+
+def test_batch_is_applied_sequentially_and_undone_as_one(tiny, requests_):
+    model, tok = tiny("gpt_neox")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    editor = rome(v_num_grad_steps=4)
+    handle = editor.edit(model, tok, requests_[:2])
+    assert len(editor.last_updates) == 2
+    (delta,) = handle.deltas().values()
+    s = torch.linalg.svdvals(delta.double())
+    assert s[2] / s[0] < 1e-4  # two rank-one updates
+    # the later update is the last write, so its property holds exactly on the final weight
+    upd = editor.last_updates[1]
+    with torch.no_grad():
+        out = resolve(model, "mlp_out", LAYER)(upd.key[None])[0]
+    assert torch.allclose(out, upd.value, atol=1e-5, rtol=1e-4)
+    handle.undo()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_failed_request_leaves_the_model_unchanged(tiny, requests_):
+    model, tok = tiny("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    no_subject = EditRequest(prompt="The capital of France is", target_new="Rome")
+    with pytest.raises(ValueError, match="subject"):
+        rome(v_num_grad_steps=2).edit(model, tok, [requests_[0], no_subject])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_subject_not_in_prompt_is_a_clear_error(tiny_tok):
+    with pytest.raises(ValueError, match="subject 'Paris' not found in prompt"):
+        kv.subject_last_token_positions(tiny_tok, ["The Eiffel Tower is in"], ["Paris"])
+    # text in a context prefix is not the subject
+    with pytest.raises(ValueError, match="not found"):
+        kv.subject_last_token_positions(tiny_tok, ["Paris. The Eiffel Tower is in"], ["Paris"], search_from=[7])
+
+
+def test_layer_out_of_range_is_the_layouts_error(tiny, requests_):
+    model, tok = tiny("gpt2")
+    with pytest.raises(IndexError, match="layer 9 does not exist"):
+        rome(layer=9).edit(model, tok, requests_[:1])
+    with pytest.raises(TypeError, match="one layer"):
+        rome(layer=[1, 2])
+
+
+def test_subject_positions_at_start_with_bos_and_without_offsets(tiny_tok):
+    tok = tiny_tok
+    prompts = ["Danielle Darrieux's mother tongue is", "The mother tongue of Danielle Darrieux is"]
+    subjects = ["Danielle Darrieux"] * 2
+    pos = kv.subject_last_token_positions(tok, prompts, subjects)
+    for p, i in zip(prompts, pos):
+        tokens = tok.convert_ids_to_tokens(tok(p)["input_ids"])
+        assert tokens[i].endswith("x") and not tokens[i + 1].endswith("x")
+    # a tokenizer that adds BOS shifts every position by one
+    bos_tok = tok.__class__(tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
+                            eos_token=tok.eos_token, bos_token=tok.bos_token, pad_token=tok.pad_token)
+    bos_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    assert bos_tok(prompts[0])["input_ids"][0] == tok.bos_token_id
+    assert kv.subject_last_token_positions(bos_tok, prompts, subjects) == [i + 1 for i in pos]
+
+    class Slow:  # a tokenizer without offset mappings: ROME's prefix-length rule
+        is_fast = False
+
+        def __call__(self, text, add_special_tokens=True):
+            return bos_tok(text, add_special_tokens=add_special_tokens)
+
+    assert kv.subject_last_token_positions(Slow(), prompts, subjects) == [i + 1 for i in pos]
+
+
+def test_context_templates_are_deterministic_and_cached(tiny):
+    model, tok = tiny("gpt2")
+    rng_before = torch.random.get_rng_state()
+    a = kv.context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
+    b = kv.context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    assert a == b and len(a) == 6 and a[0] == "{}"
+    assert all(t.count("{}") == 1 and t.endswith(". {}") for t in a[1:])
+    assert kv.context_templates(model, tok, fixed=["{}", "Note: {}"]) == ["{}", "Note: {}"]
+    with pytest.raises(ValueError, match="exactly one"):
+        kv.context_templates(model, tok, fixed=["no placeholder"])
+    editor = rome(context_templates=None, context_template_length_params=[[5, 2]], v_num_grad_steps=1)
+    editor.prepare(model, tok)
+    cached = editor.templates
+    assert len(cached) == 3
+    editor.edit(model, tok, [EditRequest(prompt="Toko Yasuda plays", target_new="piano", subject="Toko Yasuda")])
+    assert editor.templates is cached
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("layer", [LAYER, 3])  # 3: the last block
+def test_keys_match_a_plain_forward(tiny, requests_, arch, layer):
+    """compute_keys stops after the edited block; the keys equal a full forward's."""
+    model, tok = tiny(arch)
+    layout = layout_for(model)
+    keys = kv.compute_keys(model, tok, layout, layer, requests_[:2], TEMPLATES, batch_size=3)
+    name = layout.name("mlp_out", layer)
+    for r, req in enumerate(requests_[:2]):
+        per_template = []
+        for t in TEMPLATES:
+            prompt = kv.fill_template(t, req.prompt)
+            (pos,) = kv.subject_last_token_positions(tok, [prompt], [req.subject], search_from=[t.index("{}")])
+            with torch.no_grad(), capture(model, [name], what="input") as seen:
+                model(**tok(prompt, return_tensors="pt"))
+            per_template.append(seen[name][0, pos])
+        assert torch.allclose(keys[r], torch.stack(per_template).mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_values_with_and_without_the_shortcuts_agree(tiny, requests_, arch, monkeypatch):
+    """Replaying frozen blocks and caching the tokens before the subject change nothing."""
+    hp = kv.ValueHParams(num_grad_steps=3, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+                         stop_loss=None)
+    # a one-token subject opening the prompt (no BOS): rows whose prefix before the subject is empty
+    first = EditRequest(prompt="The Eiffel Tower is in", target_new="Rome", subject="The")
+    three = [requests_[0], first, requests_[1]]
+    for reqs, templates in ((three, TEMPLATES), ([first], ["{}"])):
+        results = []
+        for shortcuts in (True, False):
+            model, tok = tiny(arch)
+            with monkeypatch.context() as m:
+                if not shortcuts:
+                    m.setattr(kv, "frozen_prefix", lambda *a, **k: contextlib.nullcontext())
+                results.append(kv.value_targets(model, tok, layout_for(model), 2, reqs, templates, hp,
+                                                reuse_prefix=shortcuts))
+        assert torch.allclose(results[0].original, results[1].original, atol=1e-6, rtol=1e-5)
+        assert torch.allclose(results[0].values, results[1].values, atol=1e-5, rtol=1e-4)
+        assert results[0].nll == pytest.approx(results[1].nll, rel=1e-4, abs=1e-5)
+    # requests are optimised independently: each alone gives the same delta as in the batch
+    together = kv.value_targets(*tiny(arch), layout_for(model), 2, three, TEMPLATES, hp)
+    alone = kv.value_targets(*tiny(arch), layout_for(model), 2, three[2:], TEMPLATES, hp)
+    assert torch.allclose(alone.delta[0], together.delta[2], atol=1e-5, rtol=1e-4)
+
+
+def test_value_clamp_and_early_stop(tiny, requests_):
+    model, tok = tiny("gpt2")
+    layout = layout_for(model)
+    hp = kv.ValueHParams(num_grad_steps=10, lr=5.0, weight_decay=0.0, clamp_norm_factor=0.5, kl_factor=0.0,
+                         stop_loss=None)
+    vt = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, hp)
+    with torch.no_grad(), capture(model, [layout.name("mlp_out", LAYER)], what="output") as seen:
+        model(**tok(requests_[0].prompt, return_tensors="pt"))
+    (pos,) = kv.subject_last_token_positions(tok, [requests_[0].prompt], [requests_[0].subject])
+    v_orig_norm = seen[layout.name("mlp_out", LAYER)][0, pos].norm()
+    assert vt.delta.norm() <= 0.5 * v_orig_norm * (1 + 1e-5)
+    assert vt.steps == [10]
+    stop = kv.ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=0.0, clamp_norm_factor=4.0, kl_factor=0.0,
+                           stop_loss=100.0)
+    vt = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, stop)
+    assert vt.steps == [1] and torch.count_nonzero(vt.delta) == 0
+
+
+def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, monkeypatch):
+    """The default C provider's contract with lit_edit.editors.locate.stats (faked here)."""
+    calls = {}
+
+    class StatsConfig:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class SecondMomentStats:
+        def __init__(self, cache_dir):
+            calls["cache_dir"] = cache_dir
+
+        def get(self, model, tokenizer, layout, layer, cfg, model_id):
+            calls.update(layer=layer, cfg=cfg.kw, model_id=model_id)
+            d = resolve(model, "mlp_out", layer, layout).weight.shape[1]
+            return types.SimpleNamespace(matrix=torch.eye(d) * 3.0, n_tokens=1000, key="k")
+
+    fake = types.ModuleType("lit_edit.editors.locate.stats")
+    fake.StatsConfig, fake.SecondMomentStats = StatsConfig, SecondMomentStats
+    monkeypatch.setitem(sys.modules, "lit_edit.editors.locate.stats", fake)
+    model, tok = tiny("llama")
+    stats = dict(cache_dir="/tmp/stats", model_id="tiny_llama", corpus="wikitext", n_samples=10,
+                 max_length=None, dtype="float32")
+    editor = rome(mom2_adjustment=True, stats=stats, v_num_grad_steps=2)
+    editor.edit(model, tok, requests_[:1])
+    assert calls == {"cache_dir": "/tmp/stats", "layer": LAYER, "model_id": "tiny_llama",
+                     "cfg": {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}}
+    # C = 3 I: the update is the identity one (scaling C changes nothing in ROME)
+    upd = editor.last_updates[0]
+    assert torch.allclose(upd.left / upd.left.norm(), upd.key.double() / upd.key.norm(), atol=1e-12)
+    with pytest.raises(ValueError, match="cache_dir"):
+        CachedStatsProvider({})
+
+
+def test_config_builds_the_editor():
+    cfg = OmegaConf.create({
+        "editor": OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "editor" / "rome.yaml"),
+        "model": {"layers": {"rome": 3}, "spec": {"name": "tiny_llama"}},
+        "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"},
+    })
+    from hydra.utils import instantiate
+
+    editor = instantiate(cfg.editor, _convert_="all")
+    assert isinstance(editor, ROMEEditor) and editor.name == "rome" and editor.layer == 3
+    assert editor.mom2_adjustment and editor.stats["cache_dir"] == "/tmp/cache/stats"
+    assert editor.hp.num_grad_steps == 20 and editor.hp.lr == 0.5 and editor.hp.clamp_norm_factor == 4
+
+
+def test_default_provider_with_the_stats_module(tiny, requests_, tmp_path):
+    """mom2_adjustment with the real on-disk statistics (a small text file as corpus)."""
+    pytest.importorskip("lit_edit.editors.locate.stats")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Paragraph {i}: the capital of France is Paris, and Rome is in Italy. "
+                                f"Toko Yasuda plays the guitar {i} times." for i in range(64)))
+    model, tok = tiny("gpt2")
+    stats = dict(cache_dir=str(tmp_path / "stats"), model_id="tiny_gpt2", corpus=str(corpus), n_samples=64,
+                 max_length=32, dtype="float64")
+    editor = rome(mom2_adjustment=True, stats=stats, v_num_grad_steps=2)
+    handle = editor.edit(model, tok, requests_[:1])
+    (upd,) = editor.last_updates
+    with torch.no_grad():
+        out = resolve(model, "mlp_out", LAYER)(upd.key[None])[0]
+    assert torch.allclose(out, upd.value, atol=1e-5, rtol=1e-4)
+    assert any((tmp_path / "stats").rglob("*")), "statistics were not cached on disk"
+    handle.undo()
