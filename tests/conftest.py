@@ -13,6 +13,17 @@ ARCHS = tuple(TINY_ARCHS)
 
 
 @pytest.fixture(scope="session")
+def shared_data():
+    """The shared benchmark folder, found as the library finds it; tests needing it skip without it."""
+    from lit_edit.data.paths import data_root
+
+    try:
+        return data_root()
+    except FileNotFoundError as err:
+        pytest.skip(f"shared data not available: {err}")
+
+
+@pytest.fixture(scope="session")
 def tiny_tok():
     return tiny_tokenizer()
 
@@ -20,6 +31,12 @@ def tiny_tok():
 @pytest.fixture(scope="session")
 def _tiny_models(tiny_tok):
     return {arch: tiny_model(arch, seed=0, tokenizer=tiny_tok)[0] for arch in ARCHS}
+
+
+@pytest.fixture(params=ARCHS)
+def each_tiny(request, _tiny_models, tiny_tok):
+    """``(arch, model, tokenizer)`` for every tiny architecture (a fresh copy each time)."""
+    return request.param, copy.deepcopy(_tiny_models[request.param]), tiny_tok
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,16 +19,6 @@ def edit(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
          "eval.fluency_max_new_tokens=8", *overrides],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
-
-
-@pytest.fixture(scope="module")
-def shared_data():
-    from lit_edit.data.paths import data_root
-
-    try:
-        return data_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"shared data not available: {err}")
 
 
 def test_edit_writes_summary_records_and_wandb_run(tmp_path, shared_data):

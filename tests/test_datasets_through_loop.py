@@ -18,16 +18,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASETS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def shared_data():
-    from lit_edit.data.paths import data_root
-
-    try:
-        return data_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"shared data not available: {err}")
-
-
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_dataset_config_runs(dataset, tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("PROJECT_ROOT", str(CONFIGS.parent))

@@ -26,62 +26,20 @@ paid once. The result is cast to the weight's dtype by ``add_to_weight``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.base import CallbackEditor, WeightSnapshot
-from lit_edit.editors.locate.keys_values import (
-    ROME_LENGTH_PARAMS,
-    ValueHParams,
-    compute_keys,
-    context_templates,
-    value_targets,
-)
-from lit_edit.models.layouts import ModelLayout, add_to_weight, canonical_shape, resolve, weight_view
+from lit_edit.editors.base import WeightSnapshot
+from lit_edit.editors.locate.base import CachedStatsProvider, LocateEditor, SecondMomentProvider
+from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, compute_keys, value_targets
+from lit_edit.models.layouts import add_to_weight, resolve, weight_view
 
-log = logging.getLogger(__name__)
-
-
-class SecondMomentProvider(Protocol):
-    """Anything that returns ``C = E[k k^T]`` (``[d_in, d_in]``) of ``mlp_out``'s input at a layer.
-
-    The return value may be the matrix itself or an object with a ``.matrix`` attribute
-    (``lit_edit.editors.locate.stats.SecondMoment``).
-    """
-
-    def get(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int) -> Any: ...
-
-
-class CachedStatsProvider:
-    """Adapter to :class:`lit_edit.editors.locate.stats.SecondMomentStats` (imported when first used).
-
-    ``settings`` are the editor config's ``stats`` section: ``cache_dir`` and ``model_id``
-    are for the cache itself, every other non-null key goes to ``StatsConfig`` (``corpus``,
-    ``n_samples``, ``max_length``, ``token_budget``, ``dtype``, ``data_root``).
-    ``model_id`` defaults to the model's ``config.name_or_path``.
-    """
-
-    _OWN_KEYS = ("cache_dir", "model_id")
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = dict(settings)
-        if not self.settings.get("cache_dir"):
-            raise ValueError("stats.cache_dir is required for the covariance statistics cache")
-        self._stats = None
-
-    def get(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int) -> Tensor:
-        from lit_edit.editors.locate.stats import SecondMomentStats, StatsConfig
-
-        if self._stats is None:
-            self._stats = SecondMomentStats(self.settings["cache_dir"])
-        cfg = StatsConfig(**{k: v for k, v in self.settings.items() if k not in self._OWN_KEYS and v is not None})
-        model_id = self.settings.get("model_id") or getattr(model.config, "name_or_path", None) or type(model).__name__
-        return self._stats.get(model, tokenizer, layout, layer, cfg, model_id).matrix
+__all__ = ["CachedStatsProvider", "CholeskySolver", "ROMEEditor", "RankOneUpdate", "SecondMomentProvider",
+           "rank_one_update"]
 
 
 @dataclass
@@ -144,109 +102,49 @@ def rank_one_update(module: nn.Module, key: Tensor, value: Tensor, solve_c=None)
     return left, residual / denom
 
 
-class ROMEEditor(CallbackEditor):
+class ROMEEditor(LocateEditor):
     """ROME on ``mlp_out`` of ``layer``; hyperparameters come from ``configs/editor/rome.yaml``.
 
     Args:
         layer: the edited block (ROME: 17 for GPT-2 XL, 5 for GPT-J).
-        v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss:
-            the ``v*`` optimisation (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
-        mom2_adjustment: use the second moment ``C`` of keys (True, ROME) or ``C = I``.
-        context_template_length_params: ``[[prefix_tokens, how_many], ...]`` of generated
-            prefixes (ROME: ``[[5, 10], [10, 10]]``), besides the bare prompt.
-        context_templates: a fixed list of templates (each with one ``{}``) instead.
-        context_template_seed: seed of the prefix sampling (deterministic templates).
-        stats: settings of the default statistics provider (:class:`CachedStatsProvider`).
-        stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
-            ``C``; overrides ``stats``.
-        max_length: longest templated prompt + target, in tokens.
+        **settings: the keyword arguments of :class:`~lit_edit.editors.locate.base.LocateEditor`:
+            ``v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss``
+            (the ``v*`` optimisation), ``mom2_adjustment`` (``C`` of keys, True in ROME, or ``C = I``),
+            ``context_template_length_params`` (ROME: ``[[5, 10], [10, 10]]``, the default),
+            ``context_templates, context_template_seed, stats`` (for :class:`CachedStatsProvider`),
+            ``stats_provider, max_length, name``.
     """
 
     name = "rome"
+    algorithm = "ROME"
+    default_length_params = ROME_LENGTH_PARAMS
 
-    def __init__(
-        self,
-        *,
-        layer: int,
-        v_num_grad_steps: int,
-        v_lr: float,
-        v_weight_decay: float,
-        clamp_norm_factor: float,
-        kl_factor: float,
-        v_stop_loss: float | None,
-        mom2_adjustment: bool,
-        context_template_length_params: Sequence[Sequence[int]] = ROME_LENGTH_PARAMS,
-        context_templates: Sequence[str] | None = None,
-        context_template_seed: int = 0,
-        stats: Mapping[str, Any] | None = None,
-        stats_provider: SecondMomentProvider | None = None,
-        max_length: int = 128,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(name)
+    def __init__(self, *, layer: int, **settings: Any) -> None:
         if isinstance(layer, Sequence):
             raise TypeError(f"ROME edits one layer; got {layer!r} (MEMIT spreads an edit over several)")
+        super().__init__(**settings)
         self.layer = int(layer)
-        self.hp = ValueHParams(
-            num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
-            clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
-            stop_loss=None if v_stop_loss is None else float(v_stop_loss),
-        )
-        self.mom2_adjustment = bool(mom2_adjustment)
-        self.context_template_length_params = [tuple(int(x) for x in p) for p in context_template_length_params]
-        self.fixed_templates = list(context_templates) if context_templates is not None else None
-        self.context_template_seed = int(context_template_seed)
-        self.stats = dict(stats or {})
-        self.stats_provider = stats_provider
-        self.max_length = max_length
-        # caches (visible, cleared by clear_cache): templates and the factorised C
-        self.templates: list[str] | None = None
-        self._solver: CholeskySolver | None = None
         # diagnostics of the latest edit() call, one entry per request
         self.last_updates: list[RankOneUpdate] = []
 
-    # -- preparation ---------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
-        """Resolve the layer, generate the context templates, load and factorise ``C`` (once)."""
-        super().prepare(model, tokenizer, layout)
-        resolve(model, "mlp_out", self.layer, self.layout)  # a wrong layer fails here, readably
-        if self.templates is None:
-            self.templates = context_templates(
-                model, tokenizer, length_params=self.context_template_length_params,
-                seed=self.context_template_seed, fixed=self.fixed_templates,
-            )
-            log.info("ROME context templates: %s", self.templates)
-        if self.mom2_adjustment and self._solver is None:
-            provider = self.stats_provider if self.stats_provider is not None else CachedStatsProvider(self.stats)
-            matrix = provider.get(model, tokenizer, self.layout, self.layer)
-            matrix = getattr(matrix, "matrix", matrix)
-            d_in = canonical_shape(resolve(model, "mlp_out", self.layer, self.layout))[1]
-            if tuple(matrix.shape) != (d_in, d_in):
-                raise ValueError(f"second moment for layer {self.layer} has shape {tuple(matrix.shape)}, "
-                                 f"expected [{d_in}, {d_in}] (the input width of mlp_out)")
-            self._solver = CholeskySolver(matrix, what=f"second moment C of layer {self.layer}")
+    @property
+    def edited_layers(self) -> list[int]:
+        return [self.layer]
 
-    def clear_cache(self) -> None:
-        """Forget templates and ``C`` (e.g. before using the editor on another model)."""
-        self.templates = None
-        self._solver = None
-        self.layout = None
+    def _use_moments(self, moments: dict[int, Tensor]) -> CholeskySolver:
+        """``C`` is factorised once per editor (cached until clear_cache)."""
+        return CholeskySolver(moments[self.layer], what=f"second moment C of layer {self.layer}")
 
-    def ensure_prepared(self, model: nn.Module, tokenizer) -> ModelLayout:
-        if self.layout is None or self.templates is None or (self.mom2_adjustment and self._solver is None):
-            self.prepare(model, tokenizer, self.layout)
-        assert self.layout is not None
-        return self.layout
+    @property
+    def _solver(self) -> CholeskySolver | None:
+        return self._prepared_moments
 
     # -- editing ---------------------------------------------------------------------------------
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
         layout = self.ensure_prepared(model, tokenizer)
         module = resolve(model, "mlp_out", self.layer, layout)
-        for r in requests:
-            if not r.subject:
-                raise ValueError(f"ROME needs the request's subject; request {r.source or r.prompt!r} has none")
-        weight = weight_view(module)[0]
-        snapshot = WeightSnapshot({f"{layout.name('mlp_out', self.layer)}.weight": weight})
+        self._require_subjects(requests)
+        snapshot = self._snapshot(layout, {self.layer: module})
         solve_c = self._solver.solve if self._solver is not None else None
         self.last_updates = []
         try:

@@ -16,9 +16,8 @@ sequential run are those of the final model, the immediate ones appear as ``*@ea
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,11 +29,11 @@ from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import Editor, EditHandle
 from lit_edit.evaluation.efficiency import PeakMemory, Stopwatch
 from lit_edit.evaluation.fluency import n_gram_entropy
-from lit_edit.evaluation.metrics import (
-    MeanValue, PerEditMean, ProbabilityComparison, exact_match, token_accuracy, token_agreement,
-)
+from lit_edit.evaluation.metrics import PerEditMean, exact_match, token_accuracy, token_agreement
 from lit_edit.evaluation.probes import ProbeRow, build_probes
-from lit_edit.evaluation.results import RecordWriter, format_table, nan_to_none, plot_summary, write_summary
+from lit_edit.evaluation.results import (
+    RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
+)
 from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
 from lit_edit.models.layouts import ModelLayout, layout_for
 from lit_edit.utils.tokens import tokenize_pairs
@@ -317,6 +316,8 @@ class EditingLoop(L.LightningModule):
         tables = {"edits over time": self._curve} if self._curve else None
         write_summary(self.run_dir, self.summary, extra_tables=tables)
         plot_summary(self.summary, self.run_dir / "summary.png")
+        if self._curve:
+            plot_curve(self._curve, self.run_dir / "curve.png")
         print("\n" + format_table(self.summary))
 
     def _summary(self) -> dict[str, Any]:

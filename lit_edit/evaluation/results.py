@@ -200,3 +200,23 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path) -> None:
         ax.text(0.5, 0.5, "no fraction metrics", ha="center", va="center", transform=ax.transAxes)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+def plot_curve(points: list[Mapping[str, Any]], path: str | Path, x: str = "n_edits") -> None:
+    """Line plot of headline metrics against the number of edits kept (sequential ``every_n``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key in ("reliability", "generalization", "locality", "portability"):
+        xs = [p[x] for p in points if p.get(key) is not None]
+        if xs:
+            ax.plot(xs, [p[key] for p in points if p.get(key) is not None], marker="o", label=key)
+    ax.set_xlabel("edits kept")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

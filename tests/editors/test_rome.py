@@ -10,13 +10,9 @@ solution, undo) is checked on the shared fixture requests, whose subjects sit mi
 from __future__ import annotations
 
 import contextlib
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tokenizers import processors
 
 import lit_edit.editors.locate.keys_values as kv
@@ -29,14 +25,7 @@ ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
 LAYER = 1
 TEMPLATES = ["{}", "The weather is nice. {}"]  # fixed templates: no generation in most tests
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread is faster for tiny models and polite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
 
 def rome(**overrides) -> ROMEEditor:
@@ -86,17 +75,6 @@ def test_rome_edit_learns_target_touches_one_weight_rank_one_and_undoes(tiny, ar
         assert torch.equal(v, before[k]), f"{k} not restored exactly"
 
 
-def random_text_second_moment(model, layer: int, n_seq: int = 8, seq_len: int = 64) -> torch.Tensor:
-    """C = E[k k^T] of mlp_out's input over random token sequences (what the stats cache will provide)."""
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (n_seq, seq_len), generator=gen)
-    name = layout_for(model).name("mlp_out", layer)
-    with torch.no_grad(), capture(model, [name], what="input") as seen:
-        model(input_ids=ids)
-    keys = seen[name].reshape(-1, seen[name].shape[-1]).double()
-    return (keys.T @ keys / keys.shape[0]).float()
-
-
 class FixedMoment:
     def __init__(self, matrix: torch.Tensor) -> None:
         self.matrix, self.calls = matrix, 0
@@ -107,7 +85,7 @@ class FixedMoment:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_update_with_real_second_moment_is_the_c_weighted_solution(tiny, requests_, arch):
+def test_update_with_real_second_moment_is_the_c_weighted_solution(tiny, requests_, random_text_second_moment, arch):
     model, tok = tiny(arch)
     c = random_text_second_moment(model, LAYER)
     provider = FixedMoment(c)
@@ -159,13 +137,8 @@ def test_batch_is_applied_sequentially_and_undone_as_one(tiny, requests_):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_failed_request_leaves_the_model_unchanged(tiny, requests_):
-    model, tok = tiny("llama")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    no_subject = EditRequest(prompt="The capital of France is", target_new="Rome")
-    with pytest.raises(ValueError, match="subject"):
-        rome(v_num_grad_steps=2).edit(model, tok, [requests_[0], no_subject])
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+def test_failed_request_leaves_the_model_unchanged(check_failed_batch_is_undone):
+    check_failed_batch_is_undone(rome(v_num_grad_steps=2))
 
 
 def test_subject_not_in_prompt_is_a_clear_error(tiny_tok):
@@ -291,33 +264,14 @@ def test_value_clamp_and_early_stop(tiny, requests_):
     assert vt.steps == [1] and torch.count_nonzero(vt.delta) == 0
 
 
-def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, monkeypatch):
+def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, fake_stats):
     """The default C provider's contract with lit_edit.editors.locate.stats (faked here)."""
-    calls = {}
-
-    class StatsConfig:
-        def __init__(self, **kw):
-            self.kw = kw
-
-    class SecondMomentStats:
-        def __init__(self, cache_dir):
-            calls["cache_dir"] = cache_dir
-
-        def get(self, model, tokenizer, layout, layer, cfg, model_id):
-            calls.update(layer=layer, cfg=cfg.kw, model_id=model_id)
-            d = resolve(model, "mlp_out", layer, layout).weight.shape[1]
-            return types.SimpleNamespace(matrix=torch.eye(d) * 3.0, n_tokens=1000, key="k")
-
-    fake = types.ModuleType("lit_edit.editors.locate.stats")
-    fake.StatsConfig, fake.SecondMomentStats = StatsConfig, SecondMomentStats
-    monkeypatch.setitem(sys.modules, "lit_edit.editors.locate.stats", fake)
+    calls, stats = fake_stats
     model, tok = tiny("llama")
-    stats = dict(cache_dir="/tmp/stats", model_id="tiny_llama", corpus="wikitext", n_samples=10,
-                 max_length=None, dtype="float32")
     editor = rome(mom2_adjustment=True, stats=stats, v_num_grad_steps=2)
     editor.edit(model, tok, requests_[:1])
-    assert calls == {"cache_dir": "/tmp/stats", "layer": LAYER, "model_id": "tiny_llama",
-                     "cfg": {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}}
+    assert calls == [("init", "/tmp/stats"),
+                     ("get", LAYER, {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}, "tiny_llama")]
     # C = 3 I: the update is the identity one (scaling C changes nothing in ROME)
     upd = editor.last_updates[0]
     assert torch.allclose(upd.left / upd.left.norm(), upd.key.double() / upd.key.norm(), atol=1e-12)
@@ -325,30 +279,17 @@ def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, m
         CachedStatsProvider({})
 
 
-def test_config_builds_the_editor():
-    cfg = OmegaConf.create({
-        "editor": OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "editor" / "rome.yaml"),
-        "model": {"layers": {"rome": 3}, "spec": {"name": "tiny_llama"}},
-        "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"},
-    })
-    from hydra.utils import instantiate
-
-    editor = instantiate(cfg.editor, _convert_="all")
+def test_config_builds_the_editor(editor_from_config):
+    editor = editor_from_config("rome", 3)
     assert isinstance(editor, ROMEEditor) and editor.name == "rome" and editor.layer == 3
     assert editor.mom2_adjustment and editor.stats["cache_dir"] == "/tmp/cache/stats"
     assert editor.hp.num_grad_steps == 20 and editor.hp.lr == 0.5 and editor.hp.clamp_norm_factor == 4
 
 
-def test_default_provider_with_the_stats_module(tiny, requests_, tmp_path):
+def test_default_provider_with_the_stats_module(tiny, requests_, real_stats, tmp_path):
     """mom2_adjustment with the real on-disk statistics (a small text file as corpus)."""
-    pytest.importorskip("lit_edit.editors.locate.stats")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"Paragraph {i}: the capital of France is Paris, and Rome is in Italy. "
-                                f"Toko Yasuda plays the guitar {i} times." for i in range(64)))
     model, tok = tiny("gpt2")
-    stats = dict(cache_dir=str(tmp_path / "stats"), model_id="tiny_gpt2", corpus=str(corpus), n_samples=64,
-                 max_length=32, dtype="float64")
-    editor = rome(mom2_adjustment=True, stats=stats, v_num_grad_steps=2)
+    editor = rome(mom2_adjustment=True, stats=real_stats, v_num_grad_steps=2)
     handle = editor.edit(model, tok, requests_[:1])
     (upd,) = editor.last_updates
     with torch.no_grad():

@@ -84,6 +84,7 @@ def test_every_n_writes_a_curve(tiny, requests_, tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     curve = saved["tables"]["edits over time"]
     assert [p["n_edits"] for p in curve] == [2, 4]
+    assert (tmp_path / "curve.png").stat().st_size > 0
     records = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all("reliability@end" in r for r in records)
 

@@ -31,8 +31,8 @@ def _dims(model):
     return hidden, inter
 
 
-def test_every_template_resolves(tiny):
-    arch, model, tok = tiny
+def test_every_template_resolves(each_tiny):
+    arch, model, tok = each_tiny
     layout = layout_for(model)
     hidden, inter = _dims(model)
     assert num_layers(model) == 4
@@ -59,9 +59,9 @@ def test_gpt2_conv1d_is_transposed(tiny_tok):
     assert canonical_weight(module).shape == (64, 256)
 
 
-def test_rank_one_update_in_canonical_orientation(tiny):
+def test_rank_one_update_in_canonical_orientation(each_tiny):
     """W += u v^T must change the module's output by (x . v) u on every architecture."""
-    _, model, _ = tiny
+    _, model, _ = each_tiny
     module = resolve(model, "mlp_out", 1)
     out_f, in_f = canonical_shape(module)
     g = torch.Generator().manual_seed(0)

@@ -8,8 +8,8 @@ import torch
 from lit_edit.models.tiny import TINY_ARCHS, tiny_model, tiny_tokenizer, train_tiny_tokenizer
 
 
-def test_forward_with_padding(tiny):
-    _, model, tok = tiny
+def test_forward_with_padding(each_tiny):
+    _, model, tok = each_tiny
     batch = tok(["The capital of France is", "Paris"], return_tensors="pt", padding=True)
     with torch.no_grad():
         logits = model(**batch).logits

@@ -4,18 +4,12 @@ import pytest
 import torch
 
 from lit_edit.models.layouts import layout_for, resolve
-from lit_edit.models.tiny import TINY_ARCHS, tiny_model, tiny_tokenizer
 from lit_edit.utils.hooks import capture, patch_input, patch_output, patch_outputs
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(params=TINY_ARCHS)
-def setup(request, tok):
-    model, _ = tiny_model(request.param, tokenizer=tok)
+@pytest.fixture
+def setup(each_tiny):
+    _, model, tok = each_tiny
     ids = tok(["The capital of France is", "Paris is in"], return_tensors="pt", padding=True)
     return model, ids
 

@@ -233,6 +233,30 @@ def compute_keys(
     stops after the edited block (the recording pass of :func:`frozen_prefix`).
     """
     _check_subjects(requests)
+    return subject_states(model, tokenizer, layout, module, layer, requests, templates, what="input",
+                          batch_size=batch_size)
+
+
+@torch.no_grad()
+def subject_states(
+    model: nn.Module,
+    tokenizer,
+    layout: ModelLayout,
+    module: str,
+    layer: int,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    *,
+    what: str,
+    batch_size: int = 64,
+) -> Tensor:
+    """The ``what`` (``"input"`` or ``"output"``) of layout field ``module`` at ``layer``, read at
+    the subject's last token and averaged over ``templates``: ``[n_requests, d]`` float32.
+
+    Shared by :func:`compute_keys` (``mlp_out`` inputs) and MEMIT's ``layer_outputs`` (block
+    outputs). Only blocks ``0..layer`` run: the forward stops after that block (the recording
+    pass of :func:`frozen_prefix`).
+    """
     target = resolve(model, module, layer, layout)  # checks the layer index
     name = layout.name(module, layer)
     prompts, subjects, starts = _templated(requests, templates)
@@ -240,20 +264,20 @@ def compute_keys(
     ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     device = next(model.parameters()).device
     body = decoder_body(model)
-    keys = []
+    states = []
     for lo in range(0, len(prompts), batch_size):
         input_ids, mask = _pad_right(ids[lo : lo + batch_size], tokenizer.pad_token_id)
         input_ids, mask = input_ids.to(device), mask.to(device)
         cols = torch.tensor(positions[lo : lo + batch_size], device=device)
         forward = lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)  # noqa: E731
-        with capture(model, [name], what="input") as seen:
+        with capture(model, [name], what=what) as seen:
             # the recording pass runs blocks 0..layer and stops: nothing above is computed
             with frozen_prefix(model, layout, layer + 1, forward):
                 pass
         if name not in seen:
             raise RuntimeError(f"{type(target).__name__} {name} did not run in the forward pass")
-        keys.append(seen[name][torch.arange(len(cols), device=device), cols].float())
-    per_prompt = torch.cat(keys)
+        states.append(seen[name][torch.arange(len(cols), device=device), cols].float())
+    per_prompt = torch.cat(states)
     return per_prompt.view(len(requests), len(templates), -1).mean(1)
 
 
@@ -496,22 +520,9 @@ def _prefix_cached_forward(
     return forward, cols - torch.tensor(cut)[rows]
 
 
-def compute_values(
-    model: nn.Module,
-    tokenizer,
-    layout: ModelLayout,
-    layer: int,
-    requests: Sequence[EditRequest],
-    templates: Sequence[str],
-    hp: ValueHParams,
-    *,
-    module: str = "mlp_out",
-    max_length: int = 128,
-    reuse_prefix: bool = True,
-) -> Tensor:
-    """ROME's ``v*`` per request: ``[n_requests, d_out]`` (see :func:`value_targets`)."""
-    return value_targets(model, tokenizer, layout, layer, requests, templates, hp,
-                         module=module, max_length=max_length, reuse_prefix=reuse_prefix).values
+def compute_values(*args: Any, **kwargs: Any) -> Tensor:
+    """ROME's ``v*`` per request: ``[n_requests, d_out]``; the arguments of :func:`value_targets`."""
+    return value_targets(*args, **kwargs).values
 
 
 def _output_width(model: nn.Module, module: nn.Module) -> int:

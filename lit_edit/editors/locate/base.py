@@ -1,0 +1,194 @@
+"""What ROME and MEMIT share: the ``v*`` settings, context templates and key statistics ``C``.
+
+:class:`LocateEditor` holds the constructor parameters both editors take and their one-off
+preparation (resolve the edited layers, generate the context templates once, fetch the
+second moment ``C = E[k k^T]`` of every edited layer once); a subclass names its layers
+(:attr:`LocateEditor.edited_layers`), says what it keeps of ``C`` (:meth:`LocateEditor._use_moments`)
+and implements ``edit``. :class:`CachedStatsProvider` is the default source of ``C``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+
+from torch import Tensor, nn
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.editors.base import CallbackEditor, WeightSnapshot
+from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueHParams, context_templates
+from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
+
+class SecondMomentProvider(Protocol):
+    """Anything that returns ``C = E[k k^T]`` (``[d_in, d_in]``) of ``mlp_out``'s input at a layer.
+
+    The return value may be the matrix itself or an object with a ``.matrix`` attribute
+    (``lit_edit.editors.locate.stats.SecondMoment``).
+    """
+
+    def get(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int) -> Any: ...
+
+
+class CachedStatsProvider:
+    """Adapter to :class:`lit_edit.editors.locate.stats.SecondMomentStats` (imported when first used).
+
+    ``settings`` are the editor config's ``stats`` section: ``cache_dir`` and ``model_id``
+    are for the cache itself, every other non-null key goes to ``StatsConfig`` (``corpus``,
+    ``n_samples``, ``max_length``, ``token_budget``, ``dtype``, ``data_root``).
+    ``model_id`` defaults to the model's ``config.name_or_path``.
+    """
+
+    _OWN_KEYS = ("cache_dir", "model_id")
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        if not self.settings.get("cache_dir"):
+            raise ValueError("stats.cache_dir is required for the covariance statistics cache")
+        self._stats = None
+
+    def _cache_config_model_id(self, model: nn.Module) -> tuple[Any, Any, str]:
+        """The statistics cache (created once), the ``StatsConfig`` and the model id for ``model``."""
+        from lit_edit.editors.locate.stats import SecondMomentStats, StatsConfig
+
+        if self._stats is None:
+            self._stats = SecondMomentStats(self.settings["cache_dir"])
+        cfg = StatsConfig(**{k: v for k, v in self.settings.items() if k not in self._OWN_KEYS and v is not None})
+        model_id = self.settings.get("model_id") or getattr(model.config, "name_or_path", None) or type(model).__name__
+        return self._stats, cfg, model_id
+
+    def get(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int) -> Tensor:
+        stats, cfg, model_id = self._cache_config_model_id(model)
+        return stats.get(model, tokenizer, layout, layer, cfg, model_id).matrix
+
+
+class LocateEditor(CallbackEditor):
+    """Base of locate-then-edit editors on ``mlp_out`` (ROME, MEMIT).
+
+    Args (keyword only, as in ``configs/editor/*.yaml``):
+        v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss:
+            the ``v*``/``z*`` optimisation (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
+        mom2_adjustment: use the second moment ``C`` of keys (True) or ``C = I``.
+        context_template_length_params: ``[[prefix_tokens, how_many], ...]`` of generated
+            prefixes, besides the bare prompt (default: the class's ``default_length_params``).
+        context_templates: a fixed list of templates (each with one ``{}``) instead.
+        context_template_seed: seed of the prefix sampling (deterministic templates).
+        stats: settings of the default statistics provider (:attr:`default_stats_provider`).
+        stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
+            ``C``; overrides ``stats``.
+        max_length: longest templated prompt + target, in tokens.
+        name: the editor's name in results (default: the class's ``name``).
+    """
+
+    #: the algorithm's name in log lines and error messages
+    algorithm: ClassVar[str] = "locate-then-edit"
+    #: the provider built from ``stats`` when no ``stats_provider`` is given
+    default_stats_provider: ClassVar[type] = CachedStatsProvider
+    #: ``context_template_length_params`` when the constructor is not given any
+    default_length_params: ClassVar[Sequence[Sequence[int]]] = ROME_LENGTH_PARAMS
+
+    def __init__(
+        self,
+        *,
+        v_num_grad_steps: int,
+        v_lr: float,
+        v_weight_decay: float,
+        clamp_norm_factor: float,
+        kl_factor: float,
+        v_stop_loss: float | None,
+        mom2_adjustment: bool,
+        context_template_length_params: Sequence[Sequence[int]] | None = None,
+        context_templates: Sequence[str] | None = None,
+        context_template_seed: int = 0,
+        stats: Mapping[str, Any] | None = None,
+        stats_provider: SecondMomentProvider | None = None,
+        max_length: int = 128,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.hp = ValueHParams(
+            num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
+            clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
+            stop_loss=None if v_stop_loss is None else float(v_stop_loss),
+        )
+        self.mom2_adjustment = bool(mom2_adjustment)
+        if context_template_length_params is None:
+            context_template_length_params = self.default_length_params
+        self.context_template_length_params = [tuple(int(x) for x in p) for p in context_template_length_params]
+        self.fixed_templates = list(context_templates) if context_templates is not None else None
+        self.context_template_seed = int(context_template_seed)
+        self.stats = dict(stats or {})
+        self.stats_provider = stats_provider
+        self.max_length = max_length
+        # caches (visible, cleared by clear_cache): templates and what _use_moments made of C
+        self.templates: list[str] | None = None
+        self._prepared_moments: Any = None
+
+    # -- what a subclass provides ----------------------------------------------------------------
+    @property
+    def edited_layers(self) -> list[int]:
+        """The blocks whose ``mlp_out`` this editor writes, ascending."""
+        raise NotImplementedError
+
+    def _use_moments(self, moments: dict[int, Tensor]) -> Any:
+        """What the editor keeps of ``C`` per edited layer (checked ``[d_in, d_in]``), cached until clear_cache."""
+        raise NotImplementedError
+
+    def _fetch_moments(self, provider: Any, model: nn.Module, tokenizer) -> Mapping[int, Any]:
+        """``C`` (or objects with ``.matrix``) per edited layer: one ``provider.get`` per layer."""
+        return {layer: provider.get(model, tokenizer, self.layout, layer) for layer in self.edited_layers}
+
+    # -- preparation ---------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
+        """Resolve the layers, generate the context templates, load ``C`` of every layer (once)."""
+        super().prepare(model, tokenizer, layout)
+        for layer in self.edited_layers:
+            resolve(model, "mlp_out", layer, self.layout)  # a wrong layer fails here, readably
+        if self.templates is None:
+            self.templates = context_templates(
+                model, tokenizer, length_params=self.context_template_length_params,
+                seed=self.context_template_seed, fixed=self.fixed_templates,
+            )
+            # logged under the subclass's module (lit_edit.editors.rome / .memit), as before
+            logging.getLogger(type(self).__module__).info("%s context templates: %s", self.algorithm, self.templates)
+        if self.mom2_adjustment and self._prepared_moments is None:
+            self._prepared_moments = self._use_moments(self._second_moments(model, tokenizer))
+
+    def _second_moments(self, model: nn.Module, tokenizer) -> dict[int, Tensor]:
+        """``C`` of every edited layer from the provider, shape-checked against ``mlp_out``'s input."""
+        provider = self.stats_provider
+        if provider is None:
+            provider = self.default_stats_provider(self.stats)
+        found = self._fetch_moments(provider, model, tokenizer)
+        moments = {}
+        for layer in self.edited_layers:
+            matrix = getattr(found[layer], "matrix", found[layer])
+            d_in = canonical_shape(resolve(model, "mlp_out", layer, self.layout))[1]
+            if tuple(matrix.shape) != (d_in, d_in):
+                raise ValueError(f"second moment for layer {layer} has shape {tuple(matrix.shape)}, "
+                                 f"expected [{d_in}, {d_in}] (the input width of mlp_out)")
+            moments[layer] = matrix
+        return moments
+
+    def clear_cache(self) -> None:
+        """Forget templates and ``C`` (e.g. before using the editor on another model)."""
+        self.templates = None
+        self._prepared_moments = None
+        self.layout = None
+
+    def ensure_prepared(self, model: nn.Module, tokenizer) -> ModelLayout:
+        if self.layout is None or self.templates is None or (self.mom2_adjustment and self._prepared_moments is None):
+            self.prepare(model, tokenizer, self.layout)
+        assert self.layout is not None
+        return self.layout
+
+    # -- editing helpers -----------------------------------------------------------------------
+    def _require_subjects(self, requests: Sequence[EditRequest]) -> None:
+        for r in requests:
+            if not r.subject:
+                raise ValueError(f"{self.algorithm} needs the request's subject; "
+                                 f"request {r.source or r.prompt!r} has none")
+
+    def _snapshot(self, layout: ModelLayout, modules: Mapping[int, nn.Module]) -> WeightSnapshot:
+        """Copies of the weights of ``modules`` (``mlp_out`` per edited layer) before the edit."""
+        return WeightSnapshot({f"{layout.name('mlp_out', layer)}.weight": weight_view(module)[0]
+                               for layer, module in modules.items()})

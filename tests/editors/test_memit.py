@@ -1,0 +1,221 @@
+"""MEMIT on tiny random models of four layouts.
+
+As in test_rome.py, the "edits succeed" check uses prompts that end with the subject (the
+first target token is predicted at the subject's last token, where z* is written) and
+one-token targets; the algebra (least-squares update, W' k* = target) is checked directly.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from lit_edit.data.schema import EditRequest
+from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
+from lit_edit.models.layouts import canonical_weight, layout_for, resolve
+
+ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+LAYERS = [1, 2]
+TEMPLATES = ["{}", "The weather is nice. {}"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
+
+
+def memit(**overrides) -> MEMITEditor:
+    # generous settings for tiny random models (MEMIT's own are in configs/editor/memit.yaml)
+    hp = dict(layers=LAYERS, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
+              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, mom2_update_weight=1e-6,
+              context_templates=TEMPLATES)
+    return MEMITEditor(**{**hp, **overrides})
+
+
+def ending_with_subject() -> list[EditRequest]:
+    facts = [("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "Rome"),
+             ("The religion of Edwin of Northumbria", "Edwin of Northumbria", "Paris"),
+             ("The instrument of Toko Yasuda", "Toko Yasuda", "Japan"),
+             ("The country of Autonomous University of Madrid", "Autonomous University of Madrid", "guitar")]
+    return [EditRequest(prompt=p, target_new=t, subject=s) for p, s, t in facts]
+
+
+def argmax_next(model, tok, prompt: str) -> int:
+    with torch.no_grad():
+        return int(model(**tok(prompt, return_tensors="pt")).logits[0, -1].argmax())
+
+
+class FixedMoments:
+    """A provider with only ``get`` (MEMIT falls back to one call per layer)."""
+
+    def __init__(self, matrices: dict[int, torch.Tensor]) -> None:
+        self.matrices, self.calls = matrices, []
+
+    def get(self, model, tokenizer, layout, layer):
+        self.calls.append(layer)
+        return types.SimpleNamespace(matrix=self.matrices[layer])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batch_edit_learns_targets_touches_only_the_layers_and_undoes(tiny, arch):
+    model, tok = tiny(arch)
+    reqs = ending_with_subject()
+    target_ids = [tok(" " + r.target_new)["input_ids"] for r in reqs]
+    assert all(len(t) == 1 for t in target_ids)
+    assert sum(argmax_next(model, tok, r.prompt) == t[0] for r, t in zip(reqs, target_ids)) < 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    editor = memit()
+    handle = editor.edit(model, tok, reqs)
+
+    for r, (t,) in zip(reqs, target_ids):
+        assert argmax_next(model, tok, r.prompt) == t, f"{r.prompt!r} -> {r.target_new!r} not learned"
+    layout = layout_for(model)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {layout.name("mlp_out", layer) + ".weight" for layer in LAYERS}
+    assert set(handle.deltas()) == changed
+    assert not any(p.requires_grad for p in model.parameters())
+    # each layer's write is the least-squares solution: Delta W (lambda I + K K^T) = R K^T
+    assert [u.layer for u in editor.last_updates] == LAYERS
+    for upd in editor.last_updates:
+        k, r = upd.keys.double(), upd.residual
+        lhs = upd.delta @ (1e-6 * torch.eye(k.shape[1], dtype=torch.float64) + k.T @ k)
+        assert torch.allclose(lhs, r.T @ k, atol=1e-8 * (r.T @ k).abs().max())
+        written = canonical_weight(resolve(model, "mlp_out", upd.layer)).detach().double() \
+            - canonical_weight_of(before, model, upd.layer)
+        assert torch.allclose(written, upd.delta, atol=1e-5 * upd.delta.abs().max())
+    # the last layer takes what is left: z at the last layer ends at z*
+    z = layer_outputs(model, tok, layout, LAYERS[-1], reqs, TEMPLATES)
+    assert torch.allclose(z, editor.last_targets.values, atol=1e-2 * editor.last_targets.delta.norm())
+
+    handle.undo()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} not restored exactly"
+
+
+def canonical_weight_of(state: dict, model, layer: int) -> torch.Tensor:
+    name = layout_for(model).name("mlp_out", layer) + ".weight"
+    w = state[name].double()
+    module = resolve(model, "mlp_out", layer)
+    return w.T if tuple(w.shape) != tuple(canonical_weight(module).shape) else w
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_one_layer_one_request_is_the_closed_form_with_a_real_second_moment(tiny, requests_, random_text_second_moment,
+                                                                            arch):
+    model, tok = tiny(arch)
+    layer, lam = 2, 0.5
+    c = random_text_second_moment(model, layer)
+    provider = FixedMoments({layer: c})
+    editor = memit(layers=[layer], mom2_adjustment=True, mom2_update_weight=lam, stats_provider=provider,
+                   v_num_grad_steps=5)
+    module = resolve(model, "mlp_out", layer)
+    w_before = canonical_weight(module).detach().double().clone()
+    editor.edit(model, tok, requests_[:1])
+    (upd,) = editor.last_updates
+    k = upd.keys.double()[0]
+    r = upd.residual[0]
+    delta = canonical_weight(module).detach().double() - w_before
+    assert torch.allclose(delta, upd.delta, atol=1e-5 * upd.delta.abs().max())
+    # Delta W (lambda C + k k^T) = R k^T
+    a = lam * c.double() + torch.outer(k, k)
+    assert torch.allclose(upd.delta @ a, torch.outer(r, k), atol=1e-7 * r.abs().max() * k.abs().max() * k.numel())
+    # W' k* = W k* + R q / (1 + q), q = k^T (lambda C)^-1 k (Sherman-Morrison): R shrunk toward 0 by lambda
+    q = k @ torch.linalg.solve(lam * c.double(), k)
+    with torch.no_grad():
+        out = module(upd.keys[:1])[0].double()
+    expected = w_before @ k + r * q / (1 + q)
+    if module.bias is not None:
+        expected = expected + module.bias.double()
+    assert torch.allclose(out, expected, atol=1e-4 * expected.abs().max())
+    # z at the (only) layer moved by exactly Delta W k* (averaged keys, linear update)
+    z_after = layer_outputs(model, tok, layout_for(model), layer, requests_[:1], TEMPLATES)[0].double()
+    assert torch.allclose(z_after, upd.z[0].double() + upd.delta @ k, atol=1e-4 * z_after.abs().max())
+    # C is fetched once per editor, one call per layer when the provider has no get_many
+    editor.edit(model, tok, requests_[1:2])
+    assert provider.calls == [layer]
+
+
+@pytest.mark.parametrize("arch", ["gptj", "gpt_neox"])
+def test_one_layer_small_lambda_writes_the_layer_target(tiny, requests_, arch):
+    """With lambda -> 0 the update maps k* exactly onto the target: W' k* = W k* + (z* - z)."""
+    model, tok = tiny(arch)
+    layer = 2
+    editor = memit(layers=[layer], mom2_update_weight=1e-8, v_num_grad_steps=5)
+    module = resolve(model, "mlp_out", layer)
+    handle = editor.edit(model, tok, requests_[:1])
+    (upd,) = editor.last_updates
+    target = editor.last_targets.values
+    z_after = layer_outputs(model, tok, layout_for(model), layer, requests_[:1], TEMPLATES)
+    assert torch.allclose(z_after, target, atol=1e-4 * target.abs().max())
+    with torch.no_grad():
+        out_after = module(upd.keys[:1])[0].double()
+        handle.undo()
+        out_before = module(upd.keys[:1])[0].double()
+    assert torch.allclose(upd.residual[0], (target - upd.z)[0].double(), atol=1e-6)  # one layer: all of it
+    assert torch.allclose(out_after, out_before + upd.residual[0], atol=1e-4 * upd.residual.abs().max())
+
+
+def test_layers_out_of_range_and_bad_lists(tiny, requests_):
+    model, tok = tiny("gpt2")
+    with pytest.raises(IndexError, match="layer 9 does not exist"):
+        memit(layers=[2, 9]).edit(model, tok, requests_[:1])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        memit(layers=[2, 1])
+    with pytest.raises(ValueError, match="at least one layer"):
+        memit(layers=[])
+    assert memit(layers=3).layers == [3]
+
+
+def test_memit_update_matches_the_explicit_formula():
+    gen = torch.Generator().manual_seed(0)
+    keys, resid = torch.randn(3, 6, generator=gen), torch.randn(3, 4, generator=gen)
+    x = torch.randn(6, 12, generator=gen, dtype=torch.float64)
+    c = x @ x.T / 12
+    delta = memit_update(keys, resid, 2.0, c)
+    k, r = keys.double().T, resid.double().T
+    assert torch.allclose(delta, r @ k.T @ torch.linalg.inv(2.0 * c + k @ k.T), atol=1e-10)
+    assert torch.allclose(memit_update(keys, resid, 2.0, None),
+                          r @ k.T @ torch.linalg.inv(2.0 * torch.eye(6, dtype=torch.float64) + k @ k.T), atol=1e-10)
+
+
+def test_failed_request_leaves_the_model_unchanged(check_failed_batch_is_undone):
+    check_failed_batch_is_undone(memit(v_num_grad_steps=2))
+
+
+def test_stats_adapter_uses_get_many_once_for_all_layers(tiny, requests_, fake_stats):
+    calls, stats = fake_stats
+    model, tok = tiny("llama")
+    editor = memit(mom2_adjustment=True, mom2_update_weight=1.0, stats=stats, v_num_grad_steps=2)
+    editor.edit(model, tok, requests_[:2])
+    editor.edit(model, tok, requests_[2:3])
+    assert calls == [("init", "/tmp/stats"),
+                     ("get_many", LAYERS, {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}, "tiny_llama")]
+    # C = 3 I with lambda 1 is the identity case with lambda 3
+    upd = editor.last_updates[-1]
+    assert torch.allclose(upd.delta, memit_update(upd.keys, upd.residual, 3.0, None), atol=1e-12)
+
+
+def test_config_builds_the_editor(editor_from_config):
+    editor = editor_from_config("memit", [1, 2])
+    assert isinstance(editor, MEMITEditor) and editor.name == "memit" and editor.layers == [1, 2]
+    assert editor.mom2_adjustment and editor.mom2_update_weight == 15000
+    assert editor.stats["cache_dir"] == "/tmp/cache/stats"
+    assert editor.hp.num_grad_steps == 25 and editor.hp.lr == 0.5 and editor.hp.clamp_norm_factor == 0.75
+    assert editor.context_template_length_params == [(10, 5)]
+
+
+def test_default_provider_with_the_stats_module(tiny, requests_, real_stats, tmp_path):
+    """mom2_adjustment with the real on-disk statistics of both layers (a small text file as corpus)."""
+    model, tok = tiny("gpt2")
+    editor = memit(mom2_adjustment=True, mom2_update_weight=1e-3, stats=real_stats, v_num_grad_steps=2)
+    handle = editor.edit(model, tok, requests_[:2])
+    assert sorted(editor._moments) == LAYERS
+    for upd in editor.last_updates:
+        c = editor._moments[upd.layer]
+        k = upd.keys.double()
+        lhs = upd.delta @ (1e-3 * c + k.T @ k)
+        assert torch.allclose(lhs, upd.residual.T @ k, atol=1e-6 * (upd.residual.T @ k).abs().max())
+    layout = layout_for(model)
+    for layer in LAYERS:
+        assert any((tmp_path / "stats").rglob(layout.name("mlp_out", layer))), f"layer {layer} not cached"
+    handle.undo()
