@@ -9,6 +9,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lit_edit.editors.prune import PruneConfig
 from lit_edit.models.layouts import ModelLayout, layout_for
 from lit_edit.models.loading import ModelSpec, load_model
 
@@ -34,3 +35,12 @@ def build_logger(cfg: DictConfig) -> Any:
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], logger: Any) -> L.Trainer:
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+
+def split_prune(cfg: DictConfig) -> tuple[DictConfig, PruneConfig | None]:
+    """PRUNE is an option in weight editors' yamls but is applied by the loop, not the editor."""
+    editor_cfg = OmegaConf.to_container(cfg.editor, resolve=True)
+    prune = editor_cfg.pop("prune", None)
+    if prune and prune.get("enabled"):
+        return OmegaConf.create(editor_cfg), PruneConfig(alpha=float(prune["alpha"]))
+    return OmegaConf.create(editor_cfg), None

@@ -11,7 +11,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from lit_edit.cli.common import build_logger, build_model, build_trainer
+from lit_edit.cli.common import build_logger, build_model, build_trainer, split_prune
 from lit_edit.data.datamodule import EditDataModule
 from lit_edit.editors.base import Editor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
@@ -30,7 +30,8 @@ def build_editor(cfg: DictConfig) -> Editor:
             f"ckpt={cfg.ckpt}: loading trained editors from checkpoints comes with the learned editors "
             "(MEND, KE, SERAC, ...), none of which exists in this version; use a training-free editor=..."
         )
-    editor = hydra.utils.instantiate(cfg.editor, _convert_="all")
+    editor_cfg, _ = split_prune(cfg)
+    editor = hydra.utils.instantiate(editor_cfg, _convert_="all")
     if not isinstance(editor, Editor):
         raise TypeError(f"editor config {cfg.editor.get('_target_')} built a {type(editor).__name__}, not an Editor")
     return editor
@@ -55,7 +56,9 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     datamodule = build_datamodule(cfg, eval_cfg)
     model, tokenizer, layout = build_model(cfg)
     run_info = {"model": cfg.model.spec.name, "data": cfg.data.name, "limit": cfg.data.limit}
-    loop = EditingLoop(model, tokenizer, editor, eval_cfg, run_dir=run_dir, layout=layout, run_info=run_info)
+    _, prune = split_prune(cfg)
+    loop = EditingLoop(model, tokenizer, editor, eval_cfg, run_dir=run_dir, layout=layout, run_info=run_info,
+                       prune=prune)
     logger = build_logger(cfg)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -9,13 +9,14 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from lit_edit.cli.common import build_logger, build_trainer
+from lit_edit.cli.common import build_logger, build_trainer, split_prune
 
 
 def run_train(cfg: DictConfig, run_dir: str | Path) -> Any:
     """Instantiate the editor and fit it; training-free editors are refused with a reason."""
     L.seed_everything(cfg.seed, workers=True)
-    editor = hydra.utils.instantiate(cfg.editor, _convert_="all")
+    editor_cfg, _ = split_prune(cfg)
+    editor = hydra.utils.instantiate(editor_cfg, _convert_="all")
     if not isinstance(editor, L.LightningModule):
         raise TypeError(
             f"editor={cfg.editor.name} ({type(editor).__name__}) is training-free: there is nothing to train. "

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import Editor, EditHandle
+from lit_edit.editors.prune import MatrixReport, PruneConfig, spectrum_reports
 from lit_edit.evaluation.efficiency import PeakMemory, Stopwatch
 from lit_edit.evaluation.fluency import n_gram_entropy
 from lit_edit.evaluation.metrics import PerEditMean, exact_match, token_accuracy, token_agreement
@@ -101,6 +102,7 @@ class EditingLoop(L.LightningModule):
         run_dir: str | Path | None = None,
         layout: ModelLayout | None = None,
         run_info: dict[str, Any] | None = None,
+        prune: PruneConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -110,6 +112,11 @@ class EditingLoop(L.LightningModule):
         self.layout = layout or layout_for(model)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_info = dict(run_info or {})
+        self.prune = prune
+        if prune is not None and not cfg.sequential:
+            raise ValueError("PRUNE restrains the accumulated update of sequential editing; "
+                             f"eval.mode={cfg.mode} undoes every edit, so there is nothing to restrain")
+        self._spectrum: list[MatrixReport] = []
         self.summary: dict[str, Any] = {}
         self._pre: dict[tuple, Tensor] = {}
         self._edited: list[EditRequest] = []
@@ -177,6 +184,8 @@ class EditingLoop(L.LightningModule):
             self._edited.extend(batch)
             self._handles.append(handle)
             if self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n:
+                if self.prune is not None:
+                    spectrum_reports(self._handles, self.prune)
                 point = self._evaluate(self._edited, 0, stage=f"after_{self._n_edits}", record=False)
                 self._curve.append({"n_edits": self._n_edits, **point})
         else:
@@ -292,6 +301,8 @@ class EditingLoop(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         cfg = self.cfg
         if cfg.sequential and self._edited:
+            # the summed update's spectrum (and PRUNE's restraint of it) before the final scoring
+            self._spectrum = spectrum_reports(self._handles, self.prune)
             self._evaluate(self._edited, 0, stage="end")
         summary = self._summary()
         self.summary = summary
@@ -313,7 +324,12 @@ class EditingLoop(L.LightningModule):
             with RecordWriter(self.run_dir / "records.jsonl") as writer:
                 for e in sorted(self._records):
                     writer.write(self._records[e])
-        tables = {"edits over time": self._curve} if self._curve else None
+        tables = {}
+        if self._curve:
+            tables["edits over time"] = self._curve
+        if self._spectrum:
+            tables["edited matrices"] = [r.as_dict() for r in self._spectrum]
+        tables = tables or None
         write_summary(self.run_dir, self.summary, extra_tables=tables)
         plot_summary(self.summary, self.run_dir / "summary.png")
         if self._curve:
@@ -349,6 +365,13 @@ class EditingLoop(L.LightningModule):
             editor=getattr(self.editor, "name", type(self.editor).__name__),
             **self.run_info,
         )
+        if self._spectrum:
+            summary["update_sigma_max"] = max(r.update_sigma_max_after for r in self._spectrum)
+            summary["cond_edited_max"] = max(r.cond_after for r in self._spectrum)
+            if self.prune is not None:
+                summary["update_sigma_max_before_prune"] = max(r.update_sigma_max_before for r in self._spectrum)
+                summary["cond_before_prune_max"] = max(r.cond_before for r in self._spectrum)
+                summary["prune_alpha"] = self.prune.alpha
         for key in ("reliability", "generalization", "locality", "portability", "fluency"):
             summary.setdefault(key, None)
         return summary

@@ -104,12 +104,15 @@ def editor_from_config():
     def build(name: str, layers):
         from hydra.utils import instantiate
 
+        from lit_edit.cli.common import split_prune
+
         cfg = OmegaConf.create({
             "editor": OmegaConf.load(CONFIGS / "editor" / f"{name}.yaml"),
             "model": {"layers": {name: layers}, "spec": {"name": "tiny_llama"}},
             "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"},
         })
-        return instantiate(cfg.editor, _convert_="all")
+        editor_cfg, _ = split_prune(cfg)  # as edit.py does: PRUNE is the loop's business
+        return instantiate(editor_cfg, _convert_="all")
 
     return build
 
