@@ -190,11 +190,19 @@ class MEMITEditor(LocateEditor):
                 keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
                 z = layer_outputs(model, tokenizer, layout, z_layer, requests, self.templates)
                 residual = (vt.values.to(z.device) - z).double().cpu() / (len(self.layers) - i)
-                c = self._moments[layer] if self._moments is not None else None
-                delta = memit_update(keys, residual, self.mom2_update_weight, c)
+                delta = self._layer_delta(layer, keys, residual)
                 add_to_weight(modules[layer], delta)
                 self.last_updates.append(LayerUpdate(layer, keys.cpu(), z.cpu(), residual, delta))
+            self._after_edit(self.last_updates)
         except BaseException:
-            snapshot.undo()  # a failure never leaves some layers written
+            snapshot.undo()  # a failure never leaves some layers written (nor subclass state changed)
             raise
         return snapshot
+
+    def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor) -> Tensor:
+        """MEMIT's least-squares update of one layer; variants (AlphaEdit) override this."""
+        c = self._moments[layer] if self._moments is not None else None
+        return memit_update(keys, residual, self.mom2_update_weight, c)
+
+    def _after_edit(self, updates: list[LayerUpdate]) -> None:
+        """Called once all layers of an edit are written; state for sequential variants goes here."""
