@@ -346,7 +346,9 @@ class EditingLoop(L.LightningModule):
             value = nan_to_none(float(metric.compute()))
             if stage == head_stage:
                 summary[name] = value
-            if cfg.sequential and len(stages) > 1 or stage != head_stage:
+            # a sequential run measured at several stages shows every stage tagged; otherwise only
+            # the non-headline stages get a tag
+            if (cfg.sequential and len(stages) > 1) or stage != head_stage:
                 summary[f"{name}@{stage}"] = value
         if cfg.protocol == "generation_em":
             for name in ("reliability", "generalization", "portability"):
