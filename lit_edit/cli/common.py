@@ -42,5 +42,6 @@ def split_prune(cfg: DictConfig) -> tuple[DictConfig, PruneConfig | None]:
     editor_cfg = OmegaConf.to_container(cfg.editor, resolve=True)
     prune = editor_cfg.pop("prune", None)
     if prune and prune.get("enabled"):
-        return OmegaConf.create(editor_cfg), PruneConfig(alpha=float(prune["alpha"]))
+        return OmegaConf.create(editor_cfg), PruneConfig(alpha=float(prune["alpha"]),
+                                                   compare=bool(prune.get("compare", False)))
     return OmegaConf.create(editor_cfg), None

@@ -9,13 +9,15 @@ editors are Lightning callbacks so the ``Trainer`` runs their one-off preparatio
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import lightning as L
 import torch
 from torch import nn
 
 from lit_edit.data.schema import EditRequest
+from lit_edit.evaluation.efficiency import Stopwatch
 from lit_edit.models.layouts import ModelLayout, layout_for
 
 
@@ -61,6 +63,17 @@ class Editor(abc.ABC):
         self.layout: ModelLayout | None = None
         if name is not None:
             self.name = name
+        # seconds per phase of the latest edit() call ("keys", "values", "update", ...): the
+        # loop writes them next to each edit's time, which is the profile of where time goes
+        self.last_timings: dict[str, float] = {}
+
+    @contextmanager
+    def _phase(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        """Add the wall time of the block to ``last_timings[name]`` (GPU synchronised)."""
+        watch = Stopwatch(device)
+        with watch:
+            yield
+        self.last_timings[name] = self.last_timings.get(name, 0.0) + watch.last
 
     def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
         """One-off work before the first edit (resolve modules, load statistics)."""

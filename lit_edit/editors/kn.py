@@ -243,7 +243,9 @@ class KNEditor(CallbackEditor):
 
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
         layout = self.ensure_prepared(model, tokenizer)
-        self.last_selections = [self.locate(model, tokenizer, r) for r in requests]
+        self.last_timings = {}
+        with self._phase("attribution", next(model.parameters()).device):
+            self.last_selections = [self.locate(model, tokenizer, r) for r in requests]
         emb = model.get_output_embeddings().weight.detach()
         deltas: dict[int, Tensor] = {}
         for request, sel in zip(requests, self.last_selections):

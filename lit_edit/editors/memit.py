@@ -181,23 +181,41 @@ class MEMITEditor(LocateEditor):
         self.last_targets = None
         if not requests:
             return snapshot
-        z_layer = self.layers[-1]
+        self.last_timings = {}
+        device = next(model.parameters()).device
         try:
-            vt = value_targets(model, tokenizer, layout, z_layer, requests, self.templates, self.hp,
-                               module="layer", max_length=self.max_length)
+            with self._phase("values", device):
+                vt = self._value_targets(model, tokenizer, layout, requests)
             self.last_targets = vt
             for i, layer in enumerate(self.layers):
-                keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
-                z = layer_outputs(model, tokenizer, layout, z_layer, requests, self.templates)
-                residual = (vt.values.to(z.device) - z).double().cpu() / (len(self.layers) - i)
-                delta = self._layer_delta(layer, keys, residual)
-                add_to_weight(modules[layer], delta)
+                with self._phase("keys", device):
+                    keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
+                    z = self._current_z(model, tokenizer, layout, requests)
+                with self._phase("update", device):
+                    residual = (vt.values.to(z.device) - z).double().cpu() * self._residual_share(i)
+                    delta = self._layer_delta(layer, keys, residual)
+                    add_to_weight(modules[layer], delta)
                 self.last_updates.append(LayerUpdate(layer, keys.cpu(), z.cpu(), residual, delta))
             self._after_edit(self.last_updates)
         except BaseException:
             snapshot.undo()  # a failure never leaves some layers written (nor subclass state changed)
             raise
         return snapshot
+
+    # -- what variants change (PMET) -----------------------------------------------------------
+    def _value_targets(self, model: nn.Module, tokenizer, layout: ModelLayout,
+                       requests: Sequence[EditRequest]) -> ValueTargets:
+        """``z*``: the residual stream at the last edited layer that makes the model say the target."""
+        return value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates, self.hp,
+                             module="layer", max_length=self.max_length, chunk_size=self.v_chunk_size)
+
+    def _current_z(self, model: nn.Module, tokenizer, layout: ModelLayout, requests: Sequence[EditRequest]) -> Tensor:
+        """The quantity ``z*`` is a target for, on the model as edited so far."""
+        return layer_outputs(model, tokenizer, layout, self.layers[-1], requests, self.templates)
+
+    def _residual_share(self, i: int) -> float:
+        """Part of the remaining residual the ``i``-th layer takes: MEMIT spreads it evenly."""
+        return 1.0 / (len(self.layers) - i)
 
     def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor) -> Tensor:
         """MEMIT's least-squares update of one layer; variants (AlphaEdit) override this."""

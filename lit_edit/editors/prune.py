@@ -11,8 +11,9 @@ update can never dominate W's own spectrum. It works on any editor whose handles
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -22,9 +23,19 @@ from lit_edit.editors.base import EditHandle, WeightSnapshot
 
 @dataclass
 class PruneConfig:
-    """``alpha``: base of the logarithm in F (e for the natural log of the reference code)."""
+    """How PRUNE is applied in a sequential run.
+
+    Attributes:
+        alpha: base of the logarithm in F (e for the natural log of the reference code).
+        compare: ``False``: restrain in place at every evaluation point, so later edits build
+            on the restrained weights. ``True``: at every evaluation point score the plain
+            model, then the restrained one (stages tagged ``_pruned``), then put the plain
+            weights back and go on editing - PRUNE as a post-hoc restraint of the summed
+            update, and one run gives the with/without comparison.
+    """
 
     alpha: float
+    compare: bool = False
 
     def __post_init__(self) -> None:
         if not self.alpha > 1.0:
@@ -94,3 +105,16 @@ def spectrum_reports(handles: Iterable[EditHandle], prune: PruneConfig | None) -
             cond_after=condition_number(param.detach()),
         ))
     return reports
+
+
+@contextmanager
+def restrained(handles: list[EditHandle], prune: PruneConfig) -> Iterator[list[MatrixReport]]:
+    """PRUNE applied for the duration of the block; the unrestrained weights come back after."""
+    found = originals(handles)
+    kept = {name: param.detach().clone() for name, (param, _) in found.items()}
+    try:
+        yield spectrum_reports(handles, prune)
+    finally:
+        with torch.no_grad():
+            for name, (param, _) in found.items():
+                param.copy_(kept[name])

@@ -147,13 +147,18 @@ class ROMEEditor(LocateEditor):
         snapshot = self._snapshot(layout, {self.layer: module})
         solve_c = self._solver.solve if self._solver is not None else None
         self.last_updates = []
+        self.last_timings = {}
+        device = weight_view(module)[0].device
         try:
             for request in requests:
-                key = compute_keys(model, tokenizer, layout, self.layer, [request], self.templates)[0]
-                vt = value_targets(model, tokenizer, layout, self.layer, [request], self.templates, self.hp,
-                                   max_length=self.max_length)
-                left, right = rank_one_update(module, key, vt.values[0], solve_c)
-                add_to_weight(module, torch.outer(right, left))
+                with self._phase("keys", device):
+                    key = compute_keys(model, tokenizer, layout, self.layer, [request], self.templates)[0]
+                with self._phase("values", device):
+                    vt = value_targets(model, tokenizer, layout, self.layer, [request], self.templates, self.hp,
+                                       max_length=self.max_length)
+                with self._phase("update", device):
+                    left, right = rank_one_update(module, key, vt.values[0], solve_c)
+                    add_to_weight(module, torch.outer(right, left))
                 self.last_updates.append(RankOneUpdate(self.layer, key, vt.values[0], left, right,
                                                        vt.steps[0], vt.nll[0], vt.loss[0]))
         except BaseException:

@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import Editor, EditHandle
-from lit_edit.editors.prune import MatrixReport, PruneConfig, spectrum_reports
+from lit_edit.editors.prune import MatrixReport, PruneConfig, restrained, spectrum_reports
 from lit_edit.evaluation.efficiency import PeakMemory, Stopwatch
 from lit_edit.evaluation.fluency import n_gram_entropy
 from lit_edit.evaluation.metrics import PerEditMean, exact_match, token_accuracy, token_agreement
+from lit_edit.evaluation.perplexity import PerplexityConfig, PerplexityProbe
 from lit_edit.evaluation.probes import ProbeRow, build_probes
 from lit_edit.evaluation.results import (
     RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
@@ -64,6 +65,10 @@ class EvalConfig:
     max_length: int = 512
     autocast: str | None = None
     restore_at_end: bool = True
+    perplexity: bool = False
+    perplexity_path: str | None = None
+    perplexity_tokens: int = 8192
+    perplexity_window: int = 512
 
     def __post_init__(self) -> None:
         for field_name, value, allowed in (("mode", self.mode, MODES), ("eval_at", self.eval_at, EVAL_AT),
@@ -76,6 +81,15 @@ class EvalConfig:
             raise ValueError(f"eval.autocast must be null or 'bf16', got {self.autocast!r}")
         if self.batch_size < 1 or self.every_n < 1:
             raise ValueError("eval.batch_size and eval.every_n must be >= 1")
+        if self.perplexity and not self.perplexity_path:
+            raise ValueError("eval.perplexity needs eval.perplexity_path (a text file, e.g. WikiText-2's test.txt)")
+
+    @property
+    def perplexity_config(self) -> PerplexityConfig | None:
+        if not self.perplexity:
+            return None
+        return PerplexityConfig(path=str(self.perplexity_path), n_tokens=self.perplexity_tokens,
+                                window=self.perplexity_window)
 
     @property
     def sequential(self) -> bool:
@@ -117,6 +131,10 @@ class EditingLoop(L.LightningModule):
             raise ValueError("PRUNE restrains the accumulated update of sequential editing; "
                              f"eval.mode={cfg.mode} undoes every edit, so there is nothing to restrain")
         self._spectrum: list[MatrixReport] = []
+        self._spectrum_pruned: list[MatrixReport] = []
+        self._perplexity: PerplexityProbe | None = None
+        self._model_scores: dict[str, list[float]] = defaultdict(list)  # "perplexity@end": [...]
+        self._phase_totals: dict[str, float] = {}  # "edit_seconds/values": seconds over all edits
         self.summary: dict[str, Any] = {}
         self._pre: dict[tuple, Tensor] = {}
         self._edited: list[EditRequest] = []
@@ -154,6 +172,11 @@ class EditingLoop(L.LightningModule):
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         requests = [r for loader in loaders for batch in loader for r in batch]
         rows = build_probes(requests, 0, kinds=("locality",))
+        ppl_cfg = self.cfg.perplexity_config
+        if ppl_cfg is not None:
+            with self._eval_watch:
+                self._perplexity = PerplexityProbe(ppl_cfg, self.tokenizer)
+                self._model_scores["perplexity@unedited"].append(self._perplexity(self.model))
         if rows:
             with self._eval_watch:
                 tf = self._score(rows)
@@ -172,11 +195,15 @@ class EditingLoop(L.LightningModule):
             handle = self.editor.edit(self.model, self.tokenizer, batch)
         self._peak_mb = max(self._peak_mb, mem.peak_mb)
         seconds = self._stopwatch.last / len(batch)
+        # where the editor's time went (editors that time their phases: ROME, MEMIT, ...)
+        phases = {f"edit_seconds/{k}": v / len(batch) for k, v in getattr(self.editor, "last_timings", {}).items()}
+        for key, value in phases.items():
+            self._phase_totals[key] = self._phase_totals.get(key, 0.0) + value * len(batch)
         self._n_edits += len(batch)
         for offset, req in enumerate(batch):
             self._records[first + offset] = {
                 "edit": first + offset, "case_id": req.case_id, "source": req.source, "prompt": req.prompt,
-                "target_new": req.target_new, "edit_seconds": seconds, "peak_memory_mb": mem.peak_mb,
+                "target_new": req.target_new, "edit_seconds": seconds, **phases, "peak_memory_mb": mem.peak_mb,
             }
         if not self.cfg.sequential or self.cfg.eval_at == "each_edit":
             self._evaluate(batch, first, stage="each_edit")
@@ -184,10 +211,7 @@ class EditingLoop(L.LightningModule):
             self._edited.extend(batch)
             self._handles.append(handle)
             if self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n:
-                if self.prune is not None:
-                    spectrum_reports(self._handles, self.prune)
-                point = self._evaluate(self._edited, 0, stage=f"after_{self._n_edits}", record=False)
-                self._curve.append({"n_edits": self._n_edits, **point})
+                self._curve.append({"n_edits": self._n_edits, **self._sequential_point(f"after_{self._n_edits}")})
         else:
             handle.undo()
             if self._writer is not None:
@@ -199,6 +223,28 @@ class EditingLoop(L.LightningModule):
         pairs = tokenize_pairs(self.tokenizer, [r.prompt for r in rows], [r.answer for r in rows], self.cfg.max_length)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
             return teacher_forced(self.model, pairs, pad_id=self.pad_id, token_budget=self.cfg.token_budget)
+
+    def _sequential_point(self, stage: str) -> dict[str, Any]:
+        """Score every edit so far on the current model (and, with PRUNE, the restrained one).
+
+        Returns the point for ``curve.png``: the plain numbers and, in PRUNE's compare mode,
+        the restrained ones with a ``_pruned`` suffix. Only the final point is recorded per edit.
+        """
+        record = stage == "end"
+        prune = self.prune
+        if prune is None or not prune.compare:
+            reports = spectrum_reports(self._handles, prune)  # restrains in place with PRUNE
+            if record:
+                self._spectrum = reports
+            return self._evaluate(self._edited, 0, stage=stage, record=record)
+        if record:
+            self._spectrum = spectrum_reports(self._handles, None)
+        point = self._evaluate(self._edited, 0, stage=stage, record=record)
+        with restrained(self._handles, prune) as reports:
+            pruned = self._evaluate(self._edited, 0, stage=f"{stage}_pruned", record=record)
+        if record:
+            self._spectrum_pruned = reports
+        return {**point, **{f"{k}_pruned": v for k, v in pruned.items()}}
 
     def _evaluate(self, requests: Sequence[EditRequest], first: int, stage: str, record: bool = True) -> dict[str, float]:
         """Score all probes of ``requests`` (edits numbered from ``first``) on the current model."""
@@ -233,7 +279,13 @@ class EditingLoop(L.LightningModule):
             self._generation_scores(rows, values)
         if cfg.fluency and stage in ("each_edit", "end"):
             self._fluency(requests, first, values)
-        return self._aggregate(values, stage, record)
+        out = self._aggregate(values, stage, record)
+        if self._perplexity is not None and (stage != "each_edit" or cfg.mode == "batch"):
+            # a property of the whole edited model, not of one edit: kept apart from per-edit metrics
+            ppl = self._perplexity(self.model)
+            self._model_scores[f"perplexity@{stage}"].append(ppl)
+            out["perplexity"] = ppl
+        return out
 
     def _probability_scores(self, rows, nll, values) -> None:
         """CounterFact's protocol: P(new) > P(true) on edit and paraphrase prompts, the reverse
@@ -302,8 +354,7 @@ class EditingLoop(L.LightningModule):
         cfg = self.cfg
         if cfg.sequential and self._edited:
             # the summed update's spectrum (and PRUNE's restraint of it) before the final scoring
-            self._spectrum = spectrum_reports(self._handles, self.prune)
-            self._evaluate(self._edited, 0, stage="end")
+            self._sequential_point("end")
         summary = self._summary()
         self.summary = summary
         numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
@@ -329,6 +380,8 @@ class EditingLoop(L.LightningModule):
             tables["edits over time"] = self._curve
         if self._spectrum:
             tables["edited matrices"] = [r.as_dict() for r in self._spectrum]
+        if self._spectrum_pruned:
+            tables["edited matrices, PRUNE applied"] = [r.as_dict() for r in self._spectrum_pruned]
         tables = tables or None
         write_summary(self.run_dir, self.summary, extra_tables=tables)
         plot_summary(self.summary, self.run_dir / "summary.png")
@@ -357,6 +410,7 @@ class EditingLoop(L.LightningModule):
         n = self._n_edits
         summary.update(
             seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,
+            **{f"seconds_per_edit/{k.split('/', 1)[1]}": v / n for k, v in self._phase_totals.items() if n},
             peak_memory_mb=self._peak_mb if n else None,
             evaluation_seconds=self._eval_watch.elapsed,
             n_edits=n,
@@ -367,10 +421,19 @@ class EditingLoop(L.LightningModule):
             editor=getattr(self.editor, "name", type(self.editor).__name__),
             **self.run_info,
         )
+        for key, values in self._model_scores.items():
+            summary[key] = sum(values) / len(values)
+        head_ppl = summary.get(f"perplexity@{head_stage}")
+        if head_ppl is not None:
+            summary["perplexity"] = head_ppl
         if self._spectrum:
             summary["update_sigma_max"] = max(r.update_sigma_max_after for r in self._spectrum)
             summary["cond_edited_max"] = max(r.cond_after for r in self._spectrum)
-            if self.prune is not None:
+            if self._spectrum_pruned:
+                summary["update_sigma_max_pruned"] = max(r.update_sigma_max_after for r in self._spectrum_pruned)
+                summary["cond_edited_max_pruned"] = max(r.cond_after for r in self._spectrum_pruned)
+                summary["prune_alpha"] = self.prune.alpha
+            elif self.prune is not None:
                 summary["update_sigma_max_before_prune"] = max(r.update_sigma_max_before for r in self._spectrum)
                 summary["cond_before_prune_max"] = max(r.cond_before for r in self._spectrum)
                 summary["prune_alpha"] = self.prune.alpha

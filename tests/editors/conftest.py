@@ -99,16 +99,18 @@ def real_stats(tmp_path):
 
 @pytest.fixture
 def editor_from_config():
-    """``editor_from_config(name, layers)``: configs/editor/<name>.yaml instantiated as Hydra does."""
+    """``editor_from_config(name, layers, layers_key=name)``: configs/editor/<name>.yaml instantiated
+    as Hydra does, with ``model.layers.<layers_key>`` set to ``layers`` (PMET and AlphaEdit read
+    MEMIT's layers, ``${model.layers.memit}``)."""
 
-    def build(name: str, layers):
+    def build(name: str, layers, layers_key: str | None = None):
         from hydra.utils import instantiate
 
         from lit_edit.cli.common import split_prune
 
         cfg = OmegaConf.create({
             "editor": OmegaConf.load(CONFIGS / "editor" / f"{name}.yaml"),
-            "model": {"layers": {name: layers}, "spec": {"name": "tiny_llama"}},
+            "model": {"layers": {layers_key or name: layers}, "spec": {"name": "tiny_llama"}},
             "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"},
         })
         editor_cfg, _ = split_prune(cfg)  # as edit.py does: PRUNE is the loop's business

@@ -8,18 +8,15 @@ the rank, which leaves a non-trivial preserved span ``U_1`` to check ``Delta U_1
 from __future__ import annotations
 
 import types
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alphaedit_update, null_space_projection
 from lit_edit.models.layouts import canonical_weight, resolve
 
 LAYERS = [1, 2]
 TEMPLATES = ["{}", "The weather is nice. {}"]
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
@@ -173,24 +170,9 @@ def test_needs_the_second_moment():
         alphaedit(nullspace_threshold=0.0)
 
 
-def test_config_builds_the_editor():
-    """configs/editor/alphaedit.yaml instantiated as Hydra does (as conftest's ``editor_from_config``).
-
-    The yaml reads ``${model.layers.memit}`` (AlphaEdit uses MEMIT's layers) while the shared
-    fixture fills only ``model.layers.<editor name>``, so the config is built here the same way.
-    """
-    from hydra.utils import instantiate
-
-    from lit_edit.cli.common import split_prune
-
-    cfg = OmegaConf.create({
-        "editor": OmegaConf.load(CONFIGS / "editor" / "alphaedit.yaml"),
-        "model": {"layers": {"memit": [1, 2]}, "spec": {"name": "tiny_llama"}},
-        "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"},
-    })
-    editor_cfg, prune = split_prune(cfg)
-    assert prune is None and "prune" not in editor_cfg
-    editor = instantiate(editor_cfg, _convert_="all")
+def test_config_builds_the_editor(editor_from_config):
+    """configs/editor/alphaedit.yaml instantiated as Hydra does; it reads MEMIT's layers."""
+    editor = editor_from_config("alphaedit", [1, 2], layers_key="memit")
     assert isinstance(editor, AlphaEditEditor) and editor.name == "alphaedit" and editor.layers == [1, 2]
     assert editor.nullspace_threshold == 2e-2 and editor.L2 == 10 and editor.mom2_adjustment
     assert editor.stats["cache_dir"] == "/tmp/cache/stats" and editor.stats["model_id"] == "tiny_llama"

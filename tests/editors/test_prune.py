@@ -68,3 +68,25 @@ def test_prune_needs_a_sequential_mode(tiny):
         EditingLoop(model, tok, None, EvalConfig(mode="single"), prune=PruneConfig(alpha=math.e))
     with pytest.raises(ValueError, match="alpha"):
         PruneConfig(alpha=1.0)
+
+
+def test_compare_mode_scores_both_and_keeps_editing_on_plain_weights(tiny, requests_):
+    """compare: the restrained model is scored at each point, then the plain weights come back."""
+    model, tok = tiny("llama")
+    editor = FineTuneEditor(layers=[1], num_steps=20, lr=5e-2, weight_decay=0.0, norm_constraint=None,
+                            objective="target_new", stop_loss=None)
+    cfg = EvalConfig(mode="sequential", eval_at="every_n", every_n=2, fluency=False, restore_at_end=False)
+    loop = EditingLoop(model, tok, editor, cfg, prune=PruneConfig(alpha=1.5, compare=True))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[editor])
+    trainer.test(loop, dataloaders=DataLoader(requests_[:4], batch_size=1, collate_fn=list), verbose=False)
+    s = loop.summary
+    assert s["reliability@end"] is not None and s["reliability@end_pruned"] is not None
+    assert s["update_sigma_max_pruned"] < s["update_sigma_max"]
+    assert [p["n_edits"] for p in loop._curve] == [2, 4]
+    assert "reliability_pruned" in loop._curve[0]
+    # the model left behind carries the plain (unrestrained) update
+    (report,) = spectrum_reports(loop._handles, None)
+    assert report.update_sigma_max_before == pytest.approx(s["update_sigma_max"], rel=1e-5)
+    for handle in reversed(loop._handles):
+        handle.undo()

@@ -125,6 +125,7 @@ def test_batch_is_applied_sequentially_and_undone_as_one(tiny, requests_):
     editor = rome(v_num_grad_steps=4)
     handle = editor.edit(model, tok, requests_[:2])
     assert len(editor.last_updates) == 2
+    assert set(editor.last_timings) == {"keys", "values", "update"} and all(v > 0 for v in editor.last_timings.values())
     (delta,) = handle.deltas().values()
     s = torch.linalg.svdvals(delta.double())
     assert s[2] / s[0] < 1e-4  # two rank-one updates
@@ -262,6 +263,21 @@ def test_value_clamp_and_early_stop(tiny, requests_):
                            stop_loss=100.0)
     vt = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, stop)
     assert vt.steps == [1] and torch.count_nonzero(vt.delta) == 0
+    # stop_on="nll": the decay term no longer keeps the optimisation from stopping. The runs
+    # follow the same trajectory until they stop, so the lowest NLL of a free run is a threshold
+    # the NLL criterion meets by that pass while the total (NLL + decay > NLL) does not.
+    free = kv.ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=1.0, clamp_norm_factor=4.0, kl_factor=0.0,
+                           stop_loss=None)
+    history = [h[0] for h in kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, free).history]
+    best = min(range(1, len(history)), key=history.__getitem__)
+    assert history[best] < history[0] - 1e-3
+    by_nll = kv.ValueHParams(**{**free.__dict__, "stop_loss": history[best] + 1e-6, "stop_on": "nll"})
+    by_loss = kv.ValueHParams(**{**by_nll.__dict__, "stop_on": "loss"})
+    steps_nll = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_nll).steps[0]
+    assert 1 < steps_nll <= best + 1
+    assert kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_loss).steps[0] > steps_nll
+    with pytest.raises(ValueError, match="stop_on"):
+        kv.ValueHParams(**{**by_nll.__dict__, "stop_on": "total"})
 
 
 def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, fake_stats):

@@ -100,3 +100,20 @@ def test_counterfact_and_generation_protocols(tiny, requests_):
 def test_bad_eval_config_is_a_clear_error():
     with pytest.raises(ValueError, match="eval.mode"):
         EvalConfig(mode="parallel")
+
+
+class _TimedNoEdit(NoEdit):
+    """Reports phase timings the way ROME/MEMIT do (fixed numbers, so the sums can be checked)."""
+
+    def edit(self, model, tokenizer, requests):
+        self.last_timings = {"values": 2.0 * len(requests), "update": 0.5 * len(requests)}
+        return super().edit(model, tokenizer, requests)
+
+
+def test_editor_phase_timings_reach_records_and_summary(tiny, requests_, tmp_path):
+    model, tok = tiny("gpt2")
+    summary = run(model, tok, _TimedNoEdit(), requests_[:4], tmp_path, mode="batch", batch_size=2)
+    assert summary["seconds_per_edit/values"] == pytest.approx(2.0)
+    assert summary["seconds_per_edit/update"] == pytest.approx(0.5)
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert all(r["edit_seconds/values"] == pytest.approx(2.0) for r in records)

@@ -65,7 +65,7 @@ class LocateEditor(CallbackEditor):
     """Base of locate-then-edit editors on ``mlp_out`` (ROME, MEMIT).
 
     Args (keyword only, as in ``configs/editor/*.yaml``):
-        v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss:
+        v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss, v_stop_on:
             the ``v*``/``z*`` optimisation (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
         mom2_adjustment: use the second moment ``C`` of keys (True) or ``C = I``.
         context_template_length_params: ``[[prefix_tokens, how_many], ...]`` of generated
@@ -76,6 +76,8 @@ class LocateEditor(CallbackEditor):
         stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
             ``C``; overrides ``stats``.
         max_length: longest templated prompt + target, in tokens.
+        v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
+            result, bounded memory; ``None``: all requests of an ``edit`` call together).
         name: the editor's name in results (default: the class's ``name``).
     """
 
@@ -96,19 +98,21 @@ class LocateEditor(CallbackEditor):
         kl_factor: float,
         v_stop_loss: float | None,
         mom2_adjustment: bool,
+        v_stop_on: str = "loss",
         context_template_length_params: Sequence[Sequence[int]] | None = None,
         context_templates: Sequence[str] | None = None,
         context_template_seed: int = 0,
         stats: Mapping[str, Any] | None = None,
         stats_provider: SecondMomentProvider | None = None,
         max_length: int = 128,
+        v_chunk_size: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
         self.hp = ValueHParams(
             num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
             clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
-            stop_loss=None if v_stop_loss is None else float(v_stop_loss),
+            stop_loss=None if v_stop_loss is None else float(v_stop_loss), stop_on=str(v_stop_on),
         )
         self.mom2_adjustment = bool(mom2_adjustment)
         if context_template_length_params is None:
@@ -119,6 +123,9 @@ class LocateEditor(CallbackEditor):
         self.stats = dict(stats or {})
         self.stats_provider = stats_provider
         self.max_length = max_length
+        if v_chunk_size is not None and int(v_chunk_size) < 1:
+            raise ValueError(f"v_chunk_size must be >= 1 or null, got {v_chunk_size}")
+        self.v_chunk_size = None if v_chunk_size is None else int(v_chunk_size)
         # caches (visible, cleared by clear_cache): templates and what _use_moments made of C
         self.templates: list[str] | None = None
         self._prepared_moments: Any = None
