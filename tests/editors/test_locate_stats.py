@@ -277,3 +277,19 @@ def test_wikitext_statistics(tiny, tmp_path):
                                text_samples("wikitext", 4, str(root)), 32)
     assert got.n_tokens == n == 4 * 32  # WikiText paragraphs are long: every one is truncated
     torch.testing.assert_close(got.matrix, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_precompute_cli_computes_then_loads(shared_data, tmp_path, capsys):
+    from lit_edit.editors.locate.__main__ import main
+
+    argv = ["--model", "tiny_gpt2", "--layers", "1", "2", "--n-samples", "5", "--cache-dir", str(tmp_path),
+            "--data-root", str(shared_data), "--threads", "1"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "(computed)" in first and "load from disk" in first
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main(argv) == 0
+    assert "(disk)" in capsys.readouterr().out
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # served from disk, never rewritten
