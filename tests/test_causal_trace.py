@@ -29,7 +29,7 @@ def _last_logits(model, tokenizer, prompt=PROMPT):
         return model(input_ids=ids).logits[0, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
 def test_trace_shapes_sanity_and_hooks_removed(tiny, arch):
     model, tok = tiny(arch)
     layout = layout_for(model)

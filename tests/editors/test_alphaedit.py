@@ -50,7 +50,7 @@ def weights(model, layers=LAYERS) -> dict[int, torch.Tensor]:
     return {layer: canonical_weight(resolve(model, "mlp_out", layer)).detach().double().clone() for layer in layers}
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
 def test_update_lies_in_the_null_space_and_is_the_closed_form(tiny, requests_, random_text_second_moment, arch):
     model, tok = tiny(arch)
     cs, threshold = half_rank_setup(model, random_text_second_moment)
