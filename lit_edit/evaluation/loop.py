@@ -210,13 +210,19 @@ class EditingLoop(L.LightningModule):
         if self.cfg.sequential:
             self._edited.extend(batch)
             self._handles.append(handle)
-            if self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n:
+            due = self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n
+            if due and not self._is_last_batch(batch_idx):  # the final point is the "end" evaluation
                 self._curve.append({"n_edits": self._n_edits, **self._sequential_point(f"after_{self._n_edits}")})
         else:
             handle.undo()
             if self._writer is not None:
                 for e in range(first, self._n_edits):
                     self._writer.write(self._records.pop(e))
+
+    def _is_last_batch(self, batch_idx: int) -> bool:
+        """Whether this is the last batch of the (single) test dataloader, when Lightning knows."""
+        counts = getattr(self.trainer, "num_test_batches", None) or []
+        return len(counts) == 1 and batch_idx + 1 == counts[0]
 
     # -- scoring ---------------------------------------------------------------------------
     def _score(self, rows: Sequence[ProbeRow]):
@@ -354,7 +360,9 @@ class EditingLoop(L.LightningModule):
         cfg = self.cfg
         if cfg.sequential and self._edited:
             # the summed update's spectrum (and PRUNE's restraint of it) before the final scoring
-            self._sequential_point("end")
+            point = self._sequential_point("end")
+            if cfg.eval_at == "every_n":
+                self._curve.append({"n_edits": self._n_edits, **point})
         summary = self._summary()
         self.summary = summary
         numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}

@@ -203,20 +203,43 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path) -> None:
 
 
 def plot_curve(points: list[Mapping[str, Any]], path: str | Path, x: str = "n_edits") -> None:
-    """Line plot of headline metrics against the number of edits kept (sequential ``every_n``)."""
+    """Headline metrics against the number of edits kept (sequential ``every_n``).
+
+    PRUNE's restrained scores (``*_pruned``) are dashed in their metric's colour; perplexity,
+    when measured, gets a panel of its own (it is not a fraction).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    def series(key: str) -> tuple[list[Any], list[Any]]:
+        kept = [p for p in points if p.get(key) is not None]
+        return [p[x] for p in kept], [p[key] for p in kept]
+
+    has_ppl = any(p.get("perplexity") is not None for p in points)
+    fig = Figure(figsize=(9.5 if has_ppl else 5.5, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for key in ("reliability", "generalization", "locality", "portability"):
-        xs = [p[x] for p in points if p.get(key) is not None]
+    axes = fig.subplots(1, 2 if has_ppl else 1, squeeze=False)[0]
+    ax = axes[0]
+    for i, key in enumerate(("reliability", "generalization", "locality", "portability")):
+        colour = f"C{i}"
+        xs, ys = series(key)
         if xs:
-            ax.plot(xs, [p[key] for p in points if p.get(key) is not None], marker="o", label=key)
+            ax.plot(xs, ys, marker="o", color=colour, label=key)
+        xs, ys = series(f"{key}_pruned")
+        if xs:
+            ax.plot(xs, ys, marker="x", linestyle="--", color=colour, label=f"{key} (PRUNE)")
     ax.set_xlabel("edits kept")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    if has_ppl:
+        ax = axes[1]
+        for key, style, label in (("perplexity", "-o", "edited"), ("perplexity_pruned", "--x", "edited + PRUNE")):
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, style, label=label)
+        ax.set_xlabel("edits kept")
+        ax.set_ylabel("WikiText-2 perplexity")
+        ax.legend(fontsize=7)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
