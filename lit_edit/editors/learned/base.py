@@ -352,24 +352,24 @@ class LearnedEditor(L.LightningModule, Editor):
         """
         if self._verified is not None and self._verified() is model:
             return
+        given = name or getattr(model.config, "name_or_path", None) or type(model).__name__
+        trained = f"this {self.name} editor was trained on base model {self.base_name!r}"
         layout = layout_for(model, self.base_info.layout)
         for t in self.targets:
             try:
                 module = resolve(model, t.name, None, layout)
             except AttributeError as err:
-                raise BaseModelMismatch(f"{self.name} edits {t.name}, which this model does not have "
-                                        f"(trained on {self.base_name!r}): {err}") from err
+                raise BaseModelMismatch(f"{trained}, but the model given ({given!r}, {type(model).__name__}) has no "
+                                        f"{t.name} to edit: {err}") from err
             weight, transposed = weight_view(module)
             shape = tuple(weight.T.shape if transposed else weight.shape)
             if shape != tuple(t.shape):
-                raise BaseModelMismatch(f"{self.name} was trained on {self.base_name!r}, whose {t.name} is "
-                                        f"{list(t.shape)} ([out, in]); this model's is {list(shape)}")
+                raise BaseModelMismatch(f"{trained}, whose {t.name} is {list(t.shape)} ([out, in]); in the model "
+                                        f"given ({given!r}) it is {list(shape)}")
         fingerprint = model_fingerprint(model)
         force = self.force_base if force is None else force
         if fingerprint != self.base_info.fingerprint:
-            given = name or getattr(model.config, "name_or_path", None) or type(model).__name__
-            message = (f"this {self.name} editor was trained on base model {self.base_name!r} "
-                       f"(weight fingerprint {self.base_info.fingerprint}), but the model given is {given!r} "
+            message = (f"{trained} (weight fingerprint {self.base_info.fingerprint}), but the model given is {given!r} "
                        f"(fingerprint {fingerprint})")
             if not force:
                 raise BaseModelMismatch(message + ". Use the model the checkpoint names (edit.py without model=..., "
@@ -540,8 +540,7 @@ class LearnedEditor(L.LightningModule, Editor):
     def training_step(self, batch: EditBatch, batch_idx: int) -> Tensor:
         out = self._step(batch, update_stats=True)
         loss, extra = self.combine_losses(out["edit_loss"], out["loc_loss"])
-        values = {**out, **extra, "loss": loss.detach()}
-        self.log_dict({f"train/{k}": v.detach() for k, v in values.items()}, batch_size=len(batch), prog_bar=False)
+        self.log_dict({f"train/{k}": v.detach() for k, v in {**out, **extra}.items()}, batch_size=len(batch))
         self.log("train/loss", loss.detach(), batch_size=len(batch), prog_bar=True)
         return loss
 
@@ -552,10 +551,12 @@ class LearnedEditor(L.LightningModule, Editor):
         out = self._step(batch, update_stats=False)
         loss, extra = self.combine_losses(out["edit_loss"], out["loc_loss"])
         values = {**out, **extra, "loss": loss}
-        self.log_dict({f"val/{k}": v.detach() for k, v in values.items()}, batch_size=len(batch), sync_dist=True,
-                      on_epoch=True, prog_bar=False)
-        self.log("val/edit_acc", out["edit_acc"].detach(), batch_size=len(batch), sync_dist=True, on_epoch=True,
-                 prog_bar=True)
+        shown = {"val/edit_acc", "val/loc_acc"}
+        logged = {f"val/{k}": v.detach() for k, v in values.items()}
+        self.log_dict({k: v for k, v in logged.items() if k not in shown}, batch_size=len(batch), sync_dist=True,
+                      on_epoch=True)
+        self.log_dict({k: logged[k] for k in shown}, batch_size=len(batch), sync_dist=True, on_epoch=True,
+                      prog_bar=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """The Trainer's clip if it sets one, else the editor's ``grad_clip`` (MEND: 100)."""
@@ -612,7 +613,7 @@ def load_editor(path: str | Path, *, force: bool = False, map_location: str | to
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     record = checkpoint.get(CKPT_KEY)
     if not record or "editor_class" not in record:
         raise ValueError(f"{path} is not a lit-edit learned-editor checkpoint (no {CKPT_KEY!r} record)")
