@@ -144,7 +144,8 @@ class EditTrainingDataModule(L.LightningDataModule):
         check_limit(val_limit)
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
-        self.save_hyperparameters()
+        # not sent to the logger: train.py logs the whole config, and the editor's `name` would clash
+        self.save_hyperparameters(logger=False)
         self.train_examples: list[EditExample] | None = None
         self.val_examples: list[EditExample] = []
 
