@@ -48,6 +48,12 @@ def test_train_writes_named_checkpoints_with_base_model_record(trained):
     assert ckpt["lit_edit"]["base_model"] == "tiny_llama" and len(ckpt["lit_edit"]["base_fingerprint"]) == 16
     assert ckpt["hyper_parameters"]["base"]["spec"]["source"] == "tiny"
     assert not any(k.startswith("model.") for k in ckpt["state_dict"]), "base model weights in the checkpoint"
+    from lit_edit.editors.learned import load_editor
+    from lit_edit.editors.mend import MEND
+
+    best = next(ckpt_dir.glob("*-best.ckpt"))
+    assert "optimizer_states" not in torch.load(best, weights_only=True)  # weights-only: small
+    assert isinstance(load_editor(best), MEND)
     # W&B offline run with the training curves
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb")), "no offline W&B run"
