@@ -232,3 +232,19 @@ def test_training_data_holds_out_validation_and_uses_counterfact_val(shared_data
     cf.setup("fit")
     assert len(cf.train_examples) == 5 and len(cf.val_examples) == 4
     assert all("counterfact-val" in e.request.source for e in cf.val_examples)
+
+
+def test_ke_multiplier_ascends_on_violated_constraint_and_stays_non_negative(tiny):
+    model, tok = tiny("llama")
+    editor = build(KnowledgeEditor, model, tok, "llama")
+    edit_loss = torch.tensor(1.0, requires_grad=True)
+    for kl, sign in ((1.0, -1), (0.0, 1)):  # KL above the margin: lambda must grow (negative gradient)
+        editor.multiplier.grad = None
+        loss, logged = editor.combine_losses(edit_loss, torch.tensor(kl))
+        loss.backward()
+        assert torch.sign(editor.multiplier.grad) == sign, (kl, editor.multiplier.grad)
+        assert float(logged["margin"]) == pytest.approx(1e-3)
+    with torch.no_grad():
+        editor.multiplier.fill_(-0.5)
+    editor.on_train_batch_end(None, None, 0)
+    assert float(editor.multiplier) == 0.0
