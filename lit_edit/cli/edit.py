@@ -26,10 +26,9 @@ _QUIET = (r".*overridden `transfer_batch_to_device`.*", r".*isinstance\(treespec
 
 def build_editor(cfg: DictConfig) -> Editor:
     if cfg.get("ckpt"):
-        raise NotImplementedError(
-            f"ckpt={cfg.ckpt}: loading trained editors from checkpoints comes with the learned editors "
-            "(MEND, KE, SERAC, ...), none of which exists in this version; use a training-free editor=..."
-        )
+        from lit_edit.cli.learned import load_checkpoint_editor
+
+        return load_checkpoint_editor(cfg)
     editor_cfg, _ = split_prune(cfg)
     editor = hydra.utils.instantiate(editor_cfg, _convert_="all")
     if not isinstance(editor, Editor):
@@ -54,8 +53,16 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     editor = build_editor(cfg)
     datamodule = build_datamodule(cfg, eval_cfg)
-    model, tokenizer, layout = build_model(cfg)
-    run_info = {"model": cfg.model.spec.name, "data": cfg.data.name, "limit": cfg.data.limit}
+    if cfg.get("ckpt"):  # a trained editor: the base model its checkpoint names (or a checked override)
+        from lit_edit.cli.learned import checkpoint_model
+
+        model, tokenizer, layout, model_name = checkpoint_model(cfg, editor)
+    else:
+        model, tokenizer, layout = build_model(cfg)
+        model_name = cfg.model.spec.name
+    run_info = {"model": model_name, "data": cfg.data.name, "limit": cfg.data.limit}
+    if cfg.get("ckpt"):
+        run_info["ckpt"] = str(cfg.ckpt)
     _, prune = split_prune(cfg)
     loop = EditingLoop(model, tokenizer, editor, eval_cfg, run_dir=run_dir, layout=layout, run_info=run_info,
                        prune=prune)

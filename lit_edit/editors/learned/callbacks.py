@@ -1,0 +1,71 @@
+"""Trainer callbacks for learned editors: named checkpoints and a per-rank weight digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def safe_name(text: str) -> str:
+    """``org/model name`` -> ``org_model_name``: one path component, whatever the model id."""
+    return _UNSAFE.sub("_", str(text)).strip("_") or "model"
+
+
+class EditorCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` writing ``<editor>-<base model>-step<N>[-<tag>].ckpt``.
+
+    Nothing that exists is overwritten: a name already taken (by an earlier run, or a file
+    the user put there) gets Lightning's version suffix (``-v1``, ``-v2``, ...). Only files
+    this run wrote are ever replaced (the previous "latest" or "best" of the same run).
+    With ``monitor=None`` the callback keeps the latest checkpoint (every
+    ``every_n_train_steps`` and at the end of training, for resuming); with a monitor it
+    keeps the best ``save_top_k`` by that validation metric.
+    """
+
+    def __init__(self, dirpath: str, editor: str, model: str, tag: str | None = None, **kwargs: Any) -> None:
+        filename = f"{safe_name(editor)}-{safe_name(model)}-step{{step}}" + (f"-{safe_name(tag)}" if tag else "")
+        kwargs.setdefault("save_top_k", 1)
+        super().__init__(dirpath=dirpath, filename=filename, auto_insert_metric_name=False,
+                         enable_version_counter=True, **kwargs)
+        self.tag = tag
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, tag=self.tag,
+                                        every_n_train_steps=self._every_n_train_steps)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The latest-checkpoint callback also saves the final step (max_steps/max_time/early stop)."""
+        super().on_train_end(trainer, pl_module)
+        if self.monitor is None and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class WeightDigest(L.Callback):
+    """Writes ``weights-rank<r>.json`` (a digest of the editor's state dict) when training ends.
+
+    A cheap check that data-parallel ranks hold identical editor weights: every rank writes
+    its own file and the digests must agree (the DDP test compares them).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hashlib.sha256()
+        for key, value in sorted(pl_module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
+                  "digest": digest.hexdigest()}
+        (self.dirpath / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -1,0 +1,39 @@
+"""train.py with DDP on CPU: two gloo processes train MEND in lockstep, rank 0 alone writes checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_hold_identical_editor_weights_and_only_rank0_checkpoints(tmp_path, shared_data):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("LOCAL_RANK", None)
+    cmd = [sys.executable, str(ROOT / "train.py"), "editor=mend", "trainer=ddp", "trainer.devices=2",
+           "trainer.accelerator=cpu", "model=tiny_llama", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+           f"paths.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.max_steps=2", "trainer.accumulate_grad_batches=1",
+           "data.limit=8", "train_data.val_size=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
+           "callbacks.progress_bar=null", "editor.lr=1e-2", "editor.rank=8",
+           "+callbacks.digest._target_=lit_edit.editors.learned.callbacks.WeightDigest",
+           f"+callbacks.digest.dirpath={tmp_path / 'digest'}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    digests = [json.loads((tmp_path / "digest" / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [d["world_size"] for d in digests] == [2, 2]
+    assert [d["global_step"] for d in digests] == [2, 2]
+    assert digests[0]["digest"] == digests[1]["digest"], "ranks diverged"
+
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["mend-tiny_llama-step2-best.ckpt", "mend-tiny_llama-step2.ckpt"], files
+    ckpt = torch.load(tmp_path / "ckpt" / "mend-tiny_llama-step2.ckpt", weights_only=True)
+    assert ckpt["lit_edit"]["saved_by_rank"] == 0 and ckpt["lit_edit"]["world_size"] == 2
+    # the editor moved away from its initialisation (a real optimiser step was taken on both ranks)
+    assert ckpt["global_step"] == 2
+    assert float(ckpt["state_dict"]["nets.64x128.layers.0.v"].abs().sum()) > 0
