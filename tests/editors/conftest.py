@@ -132,3 +132,25 @@ def check_failed_batch_is_undone(tiny, requests_):
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     return check
+
+
+@pytest.fixture
+def facts_ending_with_subject() -> list[EditRequest]:
+    """Prompts that end with the subject, one-token targets: the first target token is predicted at
+    the subject's last token, where locate-then-edit editors write (test_memit.py, test_pmet.py)."""
+    facts = [("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "Rome"),
+             ("The religion of Edwin of Northumbria", "Edwin of Northumbria", "Paris"),
+             ("The instrument of Toko Yasuda", "Toko Yasuda", "Japan"),
+             ("The country of Autonomous University of Madrid", "Autonomous University of Madrid", "guitar")]
+    return [EditRequest(prompt=p, target_new=t, subject=s) for p, s, t in facts]
+
+
+@pytest.fixture
+def argmax_next():
+    """``argmax_next(model, tok, prompt) -> int``: the greedy next token."""
+
+    def run(model, tok, prompt: str) -> int:
+        with torch.no_grad():
+            return int(model(**tok(prompt, return_tensors="pt")).logits[0, -1].argmax())
+
+    return run

@@ -12,7 +12,6 @@ import types
 import pytest
 import torch
 
-from lit_edit.data.schema import EditRequest
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
@@ -31,19 +30,6 @@ def memit(**overrides) -> MEMITEditor:
     return MEMITEditor(**{**hp, **overrides})
 
 
-def ending_with_subject() -> list[EditRequest]:
-    facts = [("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "Rome"),
-             ("The religion of Edwin of Northumbria", "Edwin of Northumbria", "Paris"),
-             ("The instrument of Toko Yasuda", "Toko Yasuda", "Japan"),
-             ("The country of Autonomous University of Madrid", "Autonomous University of Madrid", "guitar")]
-    return [EditRequest(prompt=p, target_new=t, subject=s) for p, s, t in facts]
-
-
-def argmax_next(model, tok, prompt: str) -> int:
-    with torch.no_grad():
-        return int(model(**tok(prompt, return_tensors="pt")).logits[0, -1].argmax())
-
-
 class FixedMoments:
     """A provider with only ``get`` (MEMIT falls back to one call per layer)."""
 
@@ -56,9 +42,9 @@ class FixedMoments:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batch_edit_learns_targets_touches_only_the_layers_and_undoes(tiny, arch):
+def test_batch_edit_learns_targets_touches_only_the_layers_and_undoes(tiny, arch, facts_ending_with_subject, argmax_next):
     model, tok = tiny(arch)
-    reqs = ending_with_subject()
+    reqs = facts_ending_with_subject
     target_ids = [tok(" " + r.target_new)["input_ids"] for r in reqs]
     assert all(len(t) == 1 for t in target_ids)
     assert sum(argmax_next(model, tok, r.prompt) == t[0] for r, t in zip(reqs, target_ids)) < 2

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.keys_values import ValueHParams, joint_value_targets, value_targets
 from lit_edit.editors.pmet import PMETEditor
 from lit_edit.models.layouts import layout_for
@@ -27,22 +26,10 @@ def pmet(**overrides) -> PMETEditor:
     return PMETEditor(**{**hp, **overrides})
 
 
-def ending_with_subject() -> list[EditRequest]:
-    facts = [("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "Rome"),
-             ("The religion of Edwin of Northumbria", "Edwin of Northumbria", "Paris"),
-             ("The instrument of Toko Yasuda", "Toko Yasuda", "Japan")]
-    return [EditRequest(prompt=p, target_new=t, subject=s) for p, s, t in facts]
-
-
-def argmax_next(model, tok, prompt: str) -> int:
-    with torch.no_grad():
-        return int(model(**tok(prompt, return_tensors="pt")).logits[0, -1].argmax())
-
-
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batch_edit_learns_targets_writes_only_mlp_and_undoes(tiny, arch):
+def test_batch_edit_learns_targets_writes_only_mlp_and_undoes(tiny, arch, facts_ending_with_subject, argmax_next):
     model, tok = tiny(arch)
-    reqs = ending_with_subject()
+    reqs = facts_ending_with_subject[:3]
     target_ids = [tok(" " + r.target_new)["input_ids"] for r in reqs]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     editor = pmet()
