@@ -335,11 +335,17 @@ class EditingLoop(L.LightningModule):
             values["fluency"].append((edit, n_gram_entropy(gens)))
 
     def _aggregate(self, values: dict[str, list[tuple[int, float]]], stage: str, record: bool) -> dict[str, float]:
-        """Feed per-probe values to per-edit-mean metrics; fill per-edit records."""
+        """Feed per-probe values to per-edit-mean metrics; fill per-edit records.
+
+        Returns this evaluation's per-edit means (the point a sequential curve plots) either way.
+        """
         out: dict[str, float] = {}
         for name, items in values.items():
             edits = torch.tensor([e for e, _ in items], device=self.device)
             vals = torch.tensor([v for _, v in items], device=self.device, dtype=torch.float32)
+            m = PerEditMean().to(self.device)
+            m.update(vals, edits)
+            out[name] = float(m.compute())
             if record:
                 self._metric(f"{stage}:{name}").update(vals, edits)
                 by_edit: dict[int, list[float]] = defaultdict(list)
@@ -349,10 +355,6 @@ class EditingLoop(L.LightningModule):
                     rec = self._records.setdefault(e, {"edit": e})
                     key = name if stage == "each_edit" else f"{name}@{stage}"
                     rec[key] = sum(vs) / len(vs)
-            else:
-                m = PerEditMean().to(self.device)
-                m.update(vals, edits)
-                out[name] = float(m.compute())
         return out
 
     # -- after the last edit ---------------------------------------------------------------

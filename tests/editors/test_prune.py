@@ -89,7 +89,8 @@ def test_compare_mode_scores_both_and_keeps_editing_on_plain_weights(tiny, reque
     assert s["reliability@end"] is not None and s["reliability@end_pruned"] is not None
     assert s["update_sigma_max_pruned"] < s["update_sigma_max"]
     assert [p["n_edits"] for p in loop._curve] == [2, 4]
-    assert "reliability_pruned" in loop._curve[0]
+    assert all("reliability" in p and "reliability_pruned" in p for p in loop._curve)  # the end point too
+    assert loop._curve[-1]["reliability"] == pytest.approx(s["reliability@end"])
     # the model left behind carries the plain (unrestrained) update
     (report,) = spectrum_reports(loop._handles, None)
     assert report.update_sigma_max_before == pytest.approx(s["update_sigma_max"], rel=1e-5)
