@@ -239,9 +239,10 @@ class EditingLoop(L.LightningModule):
         record = stage == "end"
         prune = self.prune
         if prune is None or not prune.compare:
-            reports = spectrum_reports(self._handles, prune)  # restrains in place with PRUNE
-            if record:
-                self._spectrum = reports
+            if prune is not None or record:  # the spectrum is only kept at the end; PRUNE restrains in place
+                reports = spectrum_reports(self._handles, prune)
+                if record:
+                    self._spectrum = reports
             return self._evaluate(self._edited, 0, stage=stage, record=record)
         if record:
             self._spectrum = spectrum_reports(self._handles, None)
