@@ -77,6 +77,34 @@ def test_attribution_shape_and_completeness(tiny, requests_, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_last_token_attribution_equals_the_whole_prompt_reference(tiny, requests_, arch):
+    """The KV-cached last-token pass gives the attributions a plain full-prompt IG gives."""
+    model, tok = tiny(arch)
+    layout = layout_for(model)
+    ids, answer = prompt_and_answer_ids(tok, requests_[1].prompt, requests_[1].ground_truth[0])
+    layer, steps = 2, 6
+    module = resolve(model, "mlp_out", layer)
+    x = torch.tensor([ids] * steps)
+    last = len(ids) - 1
+    with torch.no_grad(), patch_input(module, lambda h: seen.append(h[0, last].clone()) or h):
+        seen: list = []
+        logits_at(model, x[:1], torch.ones_like(x[:1]), torch.tensor([0]), torch.tensor([last]))
+    act = seen[0]
+    scaled = (torch.linspace(0, 1, steps)[:, None] * act[None]).requires_grad_(True)
+
+    def replace(h):
+        return torch.cat([h[:, :last], scaled[:, None], h[:, last + 1:]], dim=1)
+
+    with patch_input(module, replace):
+        logits = logits_at(model, x, torch.ones_like(x), torch.arange(steps), torch.full((steps,), last))
+        (grad,) = torch.autograd.grad(torch.softmax(logits, -1)[:, answer].sum(), scaled)
+    reference = act * grad.sum(0) / steps
+    fast = integrated_gradients(model, layout, ids, answer, layer, steps=steps, batch_size=3)
+    assert reference.abs().max() > 0
+    assert torch.allclose(fast, reference, atol=1e-9, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_edit_changes_only_selected_columns_raises_target_and_undoes_exactly(tiny, requests_, arch):
     model, tok = tiny(arch)
     layout = layout_for(model)

@@ -9,6 +9,7 @@ solution, undo) is checked on the shared fixture requests, whose subjects sit mi
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 
 import pytest
@@ -313,3 +314,33 @@ def test_default_provider_with_the_stats_module(tiny, requests_, real_stats, tmp
     assert torch.allclose(out, upd.value, atol=1e-5, rtol=1e-4)
     assert any((tmp_path / "stats").rglob("*")), "statistics were not cached on disk"
     handle.undo()
+
+
+@pytest.mark.parametrize("shortcuts", [True, False])
+def test_dropping_finished_requests_from_the_forward_changes_nothing(tiny, requests_, shortcuts, monkeypatch):
+    """Compaction only removes rows whose delta is frozen: same values, NLLs and step counts."""
+    model, tok = tiny("llama")
+    layout = layout_for(model)
+    built = []  # rows of every forward built: the compacted run must rebuild with fewer
+    name = "_prefix_cached_forward" if shortcuts else "_full_forward"
+    original = getattr(kv, name)
+    monkeypatch.setattr(kv, name, lambda m, t, ids, *a, **k: built.append(len(ids)) or original(m, t, ids, *a, **k))
+    results = []
+    for compact_below in (0.0, 0.99):
+        hp = kv.ValueHParams(num_grad_steps=12, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+                             stop_loss=None, stop_on="nll", compact_below=compact_below)
+        free = kv.value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts)
+        # a stop threshold between the requests' final NLLs: they finish at different steps
+        hp = dataclasses.replace(hp, stop_loss=sorted(free.nll)[1] + 1e-3)
+        built.clear()
+        results.append(kv.value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts))
+    # the compacted run rebuilt its forward with fewer rows each time
+    assert len(built) > 1 and built == sorted(built, reverse=True) and len(set(built)) == len(built), built
+    plain, compacted = results
+    assert len(set(plain.steps)) > 1, plain.steps  # the test needs requests that stop at different steps
+    assert plain.steps == compacted.steps
+    assert torch.allclose(plain.values, compacted.values, atol=1e-5, rtol=1e-4)
+    assert compacted.nll == pytest.approx(plain.nll, rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="compact_below"):
+        kv.ValueHParams(num_grad_steps=1, lr=1, weight_decay=0, clamp_norm_factor=1, kl_factor=0, stop_loss=None,
+                        compact_below=1.0)
