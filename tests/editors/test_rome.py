@@ -344,3 +344,18 @@ def test_dropping_finished_requests_from_the_forward_changes_nothing(tiny, reque
     with pytest.raises(ValueError, match="compact_below"):
         kv.ValueHParams(num_grad_steps=1, lr=1, weight_decay=0, clamp_norm_factor=1, kl_factor=0, stop_loss=None,
                         compact_below=1.0)
+
+
+def test_bf16_autocast_values_are_close_to_float32(tiny, requests_):
+    """bf16 autocast of the v* optimisation changes the targets by rounding only."""
+    model, tok = tiny("llama")
+    layout = layout_for(model)
+    hp = kv.ValueHParams(num_grad_steps=4, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+                         stop_loss=None)
+    full = kv.value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, hp)
+    half = kv.value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, dataclasses.replace(hp, autocast="bf16"))
+    assert full.values.dtype == half.values.dtype == torch.float32
+    assert not torch.equal(full.values, half.values)  # autocast did run
+    assert torch.allclose(full.values, half.values, atol=0.05 * full.values.abs().max().item())
+    with pytest.raises(ValueError, match="autocast"):
+        dataclasses.replace(hp, autocast="fp8")

@@ -78,6 +78,8 @@ class LocateEditor(CallbackEditor):
         max_length: longest templated prompt + target, in tokens.
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
+        v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` forward and backward
+            under bfloat16 autocast (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
         name: the editor's name in results (default: the class's ``name``).
     """
 
@@ -106,6 +108,7 @@ class LocateEditor(CallbackEditor):
         stats_provider: SecondMomentProvider | None = None,
         max_length: int = 128,
         v_chunk_size: int | None = None,
+        v_autocast: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -113,6 +116,7 @@ class LocateEditor(CallbackEditor):
             num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
             clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
             stop_loss=None if v_stop_loss is None else float(v_stop_loss), stop_on=str(v_stop_on),
+            autocast=v_autocast,
         )
         self.mom2_adjustment = bool(mom2_adjustment)
         if context_template_length_params is None:

@@ -310,6 +310,10 @@ class ValueHParams:
             time: their delta is frozen). Requests stop at very different steps - in a chunk
             of 25 most converge in a third of the steps the slowest one needs - so this is
             most of a batch's z* time. 0 never compacts; results are the same either way.
+        autocast: ``None`` (float32) or ``"bf16"``: forward and backward of the optimisation
+            under bfloat16 autocast (the deltas, Adam and the loss stay float32). On CPUs
+            with bf16 matrix units this is the large batch's speed lever; the targets differ
+            from float32 ones by rounding, so results are tagged by the setting.
     """
 
     num_grad_steps: int
@@ -320,8 +324,11 @@ class ValueHParams:
     stop_loss: float | None
     stop_on: str = "loss"
     compact_below: float = 0.75
+    autocast: str | None = None
 
     def __post_init__(self) -> None:
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be null or 'bf16', got {self.autocast!r}")
         if self.stop_on not in ("loss", "nll"):
             raise ValueError(f"stop_on must be 'loss' or 'nll', got {self.stop_on!r}")
         if not 0.0 <= self.compact_below < 1.0:
@@ -530,8 +537,10 @@ def joint_value_targets(
                 hooks.close()
                 hooks = enter(torch.nonzero(~done).flatten().tolist())
             sub = plan.requests
-            hidden = plan.forward().last_hidden_state
-            logits = head_logits(model, hidden[plan.rows, plan.cols]).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=hp.autocast == "bf16"):
+                hidden = plan.forward().last_hidden_state
+                logits = head_logits(model, hidden[plan.rows, plan.cols])
+            logits = logits.float()
             log_probs = torch.log_softmax(logits, dim=-1)
             token_nll = -log_probs[: plan.n_tok].gather(1, plan.targets[:, None]).squeeze(1)
             pair_nll = (torch.zeros(len(sub) * n_templates, device=device).index_add(0, plan.tok_pair, token_nll)
