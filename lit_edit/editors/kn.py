@@ -148,35 +148,14 @@ def integrated_gradients(
     *,
     steps: int,
     batch_size: int,
-    runner: LastTokenRunner | None = None,
-    activation: Tensor | None = None,
 ) -> Tensor:
     """KN attribution ``a * mean_k dP(answer)/da (alpha_k a)`` of one layer's neurons: ``[intermediate]``.
 
     ``a`` is the input of ``mlp_out`` at the last prompt position; ``alpha_k`` runs over
     ``linspace(0, 1, steps)``. Only that position's activation is scaled (earlier positions and
-    other layers keep their values), as in the paper. ``runner`` and ``activation`` let
-    :func:`attributions` share one prompt pass over all layers.
+    other layers keep their values), as in the paper.
     """
-    if steps < 1 or batch_size < 1 or steps % batch_size:
-        raise ValueError(f"steps ({steps}) must be a positive multiple of batch_size ({batch_size})")
-    module = resolve(model, "mlp_out", layer, layout)
-    if runner is None or runner.batch_size != batch_size:
-        runner = LastTokenRunner(model, layout, prompt_ids, batch_size)
-    act = runner.activations([layer])[layer] if activation is None else activation
-    alphas = torch.linspace(0, 1, steps, device=act.device, dtype=torch.float32)
-    grad_sum = torch.zeros_like(act, dtype=torch.float32)
-    for chunk in alphas.split(batch_size):
-        scaled = (chunk[:, None] * act.float()[None]).to(act.dtype).requires_grad_(True)
-
-        def replace(x: Tensor, scaled: Tensor = scaled) -> Tensor:
-            return scaled[:, None].to(x.dtype)  # x: [batch, 1 (the last token), intermediate]
-
-        with torch.enable_grad(), patch_input(module, replace):
-            prob = torch.softmax(runner.logits().float(), dim=-1)[:, answer_id]
-            (grad,) = torch.autograd.grad(prob.sum(), scaled)
-        grad_sum += grad.float().sum(0)
-    return act.float() * grad_sum / steps
+    return attributions(model, layout, prompt_ids, answer_id, [layer], steps=steps, batch_size=batch_size)[layer]
 
 
 def attributions(
@@ -193,13 +172,29 @@ def attributions(
 
     The prompt's prefix cache and every layer's activation come from one pass, shared.
     """
+    if steps < 1 or batch_size < 1 or steps % batch_size:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of batch_size ({batch_size})")
     runner = LastTokenRunner(model, layout, prompt_ids, batch_size)
     acts = runner.activations(list(layers))
-    return {
-        layer: integrated_gradients(model, layout, prompt_ids, answer_id, layer, steps=steps, batch_size=batch_size,
-                                    runner=runner, activation=acts[layer])
-        for layer in layers
-    }
+    return {layer: _layer_attribution(runner, resolve(model, "mlp_out", layer, layout), acts[layer], answer_id, steps)
+            for layer in layers}
+
+
+def _layer_attribution(runner: LastTokenRunner, module: nn.Module, act: Tensor, answer_id: int, steps: int) -> Tensor:
+    """Integrated gradients of ``module``'s input ``act`` at the last token, ``runner.batch_size`` alphas a pass."""
+    alphas = torch.linspace(0, 1, steps, device=act.device, dtype=torch.float32)
+    grad_sum = torch.zeros_like(act, dtype=torch.float32)
+    for chunk in alphas.split(runner.batch_size):
+        scaled = (chunk[:, None] * act.float()[None]).to(act.dtype).requires_grad_(True)
+
+        def replace(x: Tensor, scaled: Tensor = scaled) -> Tensor:
+            return scaled[:, None].to(x.dtype)  # x: [batch, 1 (the last token), intermediate]
+
+        with torch.enable_grad(), patch_input(module, replace):
+            prob = torch.softmax(runner.logits().float(), dim=-1)[:, answer_id]
+            (grad,) = torch.autograd.grad(prob.sum(), scaled)
+        grad_sum += grad.float().sum(0)
+    return act.float() * grad_sum / steps
 
 
 def coarse_neurons(scores: dict[int, Tensor], adaptive_threshold: float) -> dict[Neuron, float]:
