@@ -7,6 +7,7 @@ one-token targets; the algebra (least-squares update, W' k* = target) is checked
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -205,3 +206,63 @@ def test_default_provider_with_the_stats_module(tiny, requests_, real_stats, tmp
     for layer in LAYERS:
         assert any((tmp_path / "stats").rglob(layout.name("mlp_out", layer))), f"layer {layer} not cached"
     handle.undo()
+
+
+def _two_facts_about_one_subject():
+    from lit_edit.data.schema import EditRequest
+
+    s = "Danielle Darrieux"
+    return [EditRequest(prompt=f"The mother tongue of {s} is", target_new="Rome", subject=s),
+            EditRequest(prompt="The religion of Edwin of Northumbria is", target_new="Paris",
+                        subject="Edwin of Northumbria"),
+            EditRequest(prompt=f"The city where {s} was born is", target_new="Japan", subject=s)]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_requests_about_one_subject_share_one_delta(tiny, chunk_size):
+    """share_subject: one z* delta per subject, in request order, groups never split by chunks."""
+    from lit_edit.editors.locate import keys_values as kv
+
+    model, tok = tiny("llama")
+    layout = layout_for(model)
+    reqs = _two_facts_about_one_subject()
+    hp = kv.ValueHParams(num_grad_steps=6, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+                         stop_loss=None, stop_on="nll")
+    alone = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
+    shared = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, share_subject=True),
+                              module="layer", chunk_size=chunk_size)
+    assert torch.equal(shared.delta[0], shared.delta[2]) and not torch.equal(alone.delta[0], alone.delta[2])
+    # the other subject's delta is what it is without sharing (its row never mixes with others)
+    assert torch.allclose(shared.delta[1], alone.delta[1], atol=1e-5)
+    # each request keeps its own original z (different prompts), so values differ by exactly that
+    assert torch.allclose(shared.original, alone.original, atol=1e-5)
+    assert torch.allclose(shared.values - shared.original, shared.delta[[0, 1, 0]], atol=1e-5)
+    # both facts of the subject pull on the one delta: their summed NLL is optimised jointly and drops
+    assert alone.history[0][0] + alone.history[0][2] > shared.nll[0] + shared.nll[2]  # step 0: delta = 0
+
+
+def test_shared_subject_group_stops_when_all_its_requests_are_below_the_threshold(tiny):
+    from lit_edit.editors.locate import keys_values as kv
+
+    model, tok = tiny("gpt2")
+    layout = layout_for(model)
+    reqs = _two_facts_about_one_subject()
+    hp = kv.ValueHParams(num_grad_steps=15, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+                         stop_loss=None, stop_on="nll", share_subject=True)
+    free = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
+    a, b = [h[0] for h in free.history], [h[2] for h in free.history]
+    # 1) a threshold between the two final NLLs: one request gets below it early, the other never
+    #    does, so the group (and both its requests) runs every step
+    low, high = sorted([a, b], key=lambda h: h[-1])
+    thr = (low[-1] + high[-1]) / 2
+    assert min(high) > thr and any(x < thr for x in low[:-1]), (a, b)
+    held = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
+                            module="layer")
+    assert held.steps[0] == held.steps[2] == hp.num_grad_steps
+    # 2) a threshold both cross: the group stops at the first step where both are below it
+    thr = max(a[-1], b[-1]) + 1e-3
+    stop_at = next(i for i, (x, y) in enumerate(zip(a, b)) if max(x, y) < thr)
+    stopped = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
+                               module="layer")
+    assert stopped.steps[0] == stopped.steps[2] == stop_at + 1
+    assert max(stopped.nll[0], stopped.nll[2]) < thr

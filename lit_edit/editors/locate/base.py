@@ -80,6 +80,8 @@ class LocateEditor(CallbackEditor):
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
         v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` forward and backward
             under bfloat16 autocast (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
+        v_share_subject: requests of one ``edit`` call with the same subject share one
+            ``v*``/``z*`` delta (``ValueHParams.share_subject``; batch editors).
         name: the editor's name in results (default: the class's ``name``).
     """
 
@@ -109,6 +111,7 @@ class LocateEditor(CallbackEditor):
         max_length: int = 128,
         v_chunk_size: int | None = None,
         v_autocast: str | None = None,
+        v_share_subject: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -116,7 +119,7 @@ class LocateEditor(CallbackEditor):
             num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
             clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
             stop_loss=None if v_stop_loss is None else float(v_stop_loss), stop_on=str(v_stop_on),
-            autocast=v_autocast,
+            autocast=v_autocast, share_subject=bool(v_share_subject),
         )
         self.mom2_adjustment = bool(mom2_adjustment)
         if context_template_length_params is None:
