@@ -127,3 +127,19 @@ def test_learned_editor_without_checkpoint_and_missing_checkpoint_are_clear_erro
         cfg = compose("edit", overrides=[f"ckpt={tmp_path / 'nope.ckpt'}", "model=tiny_llama"])
         with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
             build_editor(cfg)
+
+
+@pytest.mark.parametrize("experiment,editor", [("mend_cpu_1h", "mend"), ("ke_cpu_1h", "ke"),
+                                               ("mend_counterfact", "mend")])
+def test_experiment_files_compose_into_a_time_boxed_training_config(experiment, editor):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    assert cfg.editor.name == editor and cfg.model.spec.name == "smollm2_135m"
+    if experiment.endswith("_1h"):
+        # under an hour of wall time, an optimizer step per batch, checkpoints at each validation
+        assert cfg.trainer.max_time == "00:00:55:00" and cfg.trainer.accumulate_grad_batches == 1
+        assert cfg.callbacks.latest_checkpoint.every_n_train_steps == cfg.trainer.val_check_interval
+    else:
+        assert cfg.data.name == "counterfact_train" and cfg.train_data.val_name == "counterfact_val"
