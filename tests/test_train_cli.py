@@ -129,7 +129,7 @@ def test_learned_editor_without_checkpoint_and_missing_checkpoint_are_clear_erro
             build_editor(cfg)
 
 
-@pytest.mark.parametrize("experiment,editor", [("mend_cpu_1h", "mend"), ("ke_cpu_1h", "ke"),
+@pytest.mark.parametrize("experiment,editor", [("cpu_1h", "mend"), ("mend_cpu_1h", "mend"), ("ke_cpu_1h", "ke"),
                                                ("mend_counterfact", "mend")])
 def test_experiment_files_compose_into_a_time_boxed_training_config(experiment, editor):
     from hydra import compose, initialize_config_dir

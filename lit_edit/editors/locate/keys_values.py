@@ -435,9 +435,9 @@ def joint_value_targets(
 
     ``chunk_size`` optimises at most that many requests at a time (never splitting one
     subject's requests under ``share_subject``). Rows never interact (summed losses,
-    element-wise Adam), so chunking gives the same values while bounding the activations (and KV-cache copies) kept for backward: on SmolLM2 with
-    6 templates, 100 requests at once peaked at 16 GB RSS - chunks are what let a batch of
-    1000 MEMIT edits run on a laptop.
+    element-wise Adam), so chunking gives the same values while bounding the activations
+    (and KV-cache copies) kept for backward: on SmolLM2 with 6 templates, 100 requests at
+    once peaked at 16 GB RSS - chunks are what let a batch of 1000 MEMIT edits run on a laptop.
     """
     _check_subjects(requests)
     group_of = _delta_groups(requests, hp.share_subject)
@@ -534,8 +534,8 @@ def joint_value_targets(
         return stack
 
     opt = torch.optim.Adam(deltas, lr=hp.lr)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
     group_done = torch.zeros(n_groups, dtype=torch.bool, device=device)
+    done = group_done[group]  # per request: its group has stopped
     kept = [torch.zeros_like(d) for d in deltas]
     steps = torch.zeros(n, dtype=torch.long)
     last_nll = torch.zeros(n, device=device)
@@ -583,17 +583,16 @@ def joint_value_targets(
             history.append(last_nll.tolist())
             if hp.stop_loss is not None:
                 criterion = loss if hp.stop_on == "loss" else nll
-                # a group stops once every one of its requests is below stop_loss (groups are
-                # never split between plans: their requests finish together)
+                # a group stops once every one of its requests is below stop_loss. Every group
+                # not yet done is in the plan (compaction drops only done requests, and a group's
+                # requests finish together), so a group with nothing missing is newly done.
                 missing = torch.zeros(n_groups, device=device).index_add(
                     0, group[sub], (criterion.detach() >= hp.stop_loss).float())
-                present = torch.zeros(n_groups, dtype=torch.bool, device=device)
-                present[group[sub]] = True
-                newly_groups = present & ~group_done & (missing == 0)
+                newly_groups = ~group_done & (missing == 0)
                 for d, k in zip(deltas, kept):
                     k[newly_groups] = d.detach()[newly_groups]
                 group_done |= newly_groups
-                done[sub[active & newly_groups[group[sub]]]] = True
+                done = group_done[group]
             if bool(done.all()) or step == hp.num_grad_steps - 1:
                 break
             opt.zero_grad(set_to_none=True)
