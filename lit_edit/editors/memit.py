@@ -26,7 +26,18 @@ of every layer is fetched once per editor in :meth:`MEMITEditor.prepare` - befor
 edit, so sequential editing keeps using the base model's statistics - with one pass over
 the corpus for all layers when the provider has ``get_many``.
 
-Deviations from the MEMIT code, both deliberate:
+Rounds (``rounds``, MEMIT: 1). ``z*`` is optimised on the model *before* the batch is written:
+the tokens after the subject (the rest of the question, the answer's first tokens) run through
+unedited MLPs. Once a hundred facts are written into five layers those tokens run through
+edited MLPs too, and the written ``z`` no longer says what ``z*`` said (SmolLM2, 100 ZsRE facts:
+reliability 0.85 with ``z`` within 4 % of ``z*``). With ``rounds = 2`` the editor then optimises
+``z*`` again on the edited model (starting from its current ``z``, so requests that already
+succeed stop at once) and writes the correction the same way; the total update is the sum.
+Measured on that batch (layers 3-7): lambda 1000 0.846/0.688/0.827 -> 0.991/0.803/0.803
+(rel/gen/loc), lambda 8000 0.705/0.580/0.861 -> 0.972/0.793/0.827.
+
+Deviations from the MEMIT code, all deliberate (``rounds: 1`` and ``v_share_subject: false``
+give MEMIT's algorithm):
 - Keys are a plain mean over the context templates (MEMIT averages within the group
   ``["{}"]`` and within the generated group, then over the two groups, so the bare prompt
   weighs 1/2; here it weighs 1/len(templates)).
@@ -108,6 +119,7 @@ class LayerUpdate:
     z: Tensor  # z at the last edited layer before this layer's write  [n, d_model]
     residual: Tensor  # R = (z* - z) / remaining layers  [n, d_model]
     delta: Tensor  # Delta W_l  [d_out, d_in]
+    round: int = 0  # which round of the edit (``rounds``) wrote it
 
 
 class MEMITEditor(LocateEditor):
@@ -117,6 +129,8 @@ class MEMITEditor(LocateEditor):
         layers: the edited blocks, strictly increasing (MEMIT: 3..8 for GPT-J, 13..17 for
             GPT-2 XL); ``z*`` is optimised at the output of the last one. An int is one layer.
         mom2_update_weight: ``lambda`` in ``lambda C + K K^T`` (MEMIT: 15000 GPT-J, 20000 GPT-2 XL).
+        rounds: how many times ``z*`` is optimised and written per ``edit`` call, each round on
+            the model as the previous one left it (MEMIT: 1; see the module docstring).
         **settings: the keyword arguments of :class:`~lit_edit.editors.locate.base.LocateEditor`:
             ``v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss``
             (the ``z*`` optimisation), ``mom2_adjustment`` (``C`` of keys, True in MEMIT, or ``C = I``),
@@ -131,7 +145,8 @@ class MEMITEditor(LocateEditor):
     default_stats_provider = CachedMultiLayerStatsProvider
     default_length_params = MEMIT_LENGTH_PARAMS
 
-    def __init__(self, *, layers: Sequence[int] | int, mom2_update_weight: float, **settings: Any) -> None:
+    def __init__(self, *, layers: Sequence[int] | int, mom2_update_weight: float, rounds: int = 1,
+                 **settings: Any) -> None:
         layers = [int(layers)] if isinstance(layers, int) else [int(x) for x in layers]
         if not layers:
             raise ValueError("MEMIT needs at least one layer")
@@ -142,8 +157,11 @@ class MEMITEditor(LocateEditor):
         self.mom2_update_weight = float(mom2_update_weight)
         if self.mom2_update_weight < 0:
             raise ValueError(f"mom2_update_weight must be >= 0, got {mom2_update_weight}")
-        # diagnostics of the latest edit() call
-        self.last_targets: ValueTargets | None = None
+        self.rounds = int(rounds)
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        # diagnostics of the latest edit() call: z* of every round, the update of every layer and round
+        self.last_round_targets: list[ValueTargets] = []
         self.last_updates: list[LayerUpdate] = []
 
     @property
@@ -178,36 +196,48 @@ class MEMITEditor(LocateEditor):
         modules = {layer: resolve(model, "mlp_out", layer, layout) for layer in self.layers}
         snapshot = self._snapshot(layout, modules)
         self.last_updates = []
-        self.last_targets = None
+        self.last_round_targets = []
         if not requests:
             return snapshot
         self.last_timings = {}
         device = next(model.parameters()).device
         try:
-            with self._phase("values", device):
-                vt = self._value_targets(model, tokenizer, layout, requests)
-            self.last_targets = vt
-            for i, layer in enumerate(self.layers):
-                with self._phase("keys", device):
-                    keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
-                    z = self._current_z(model, tokenizer, layout, requests)
-                with self._phase("update", device):
-                    residual = (vt.values.to(z.device) - z).double().cpu() * self._residual_share(i)
-                    delta = self._layer_delta(layer, keys, residual)
-                    add_to_weight(modules[layer], delta)
-                self.last_updates.append(LayerUpdate(layer, keys.cpu(), z.cpu(), residual, delta))
-            self._after_edit(self.last_updates)
+            for round_ in range(self.rounds):
+                with self._phase("values", device):
+                    vt = self._value_targets(model, tokenizer, layout, requests)
+                self.last_round_targets.append(vt)
+                if round_ and not vt.delta.any():
+                    break  # every request already says its target: nothing left to correct
+                for i, layer in enumerate(self.layers):
+                    with self._phase("keys", device):
+                        keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
+                        z = self._current_z(model, tokenizer, layout, requests)
+                    with self._phase("update", device):
+                        residual = (vt.values.to(z.device) - z).double().cpu() * self._residual_share(i)
+                        delta = self._layer_delta(layer, keys, residual)
+                        add_to_weight(modules[layer], delta)
+                    self.last_updates.append(LayerUpdate(layer, keys.cpu(), z.cpu(), residual, delta, round_))
+            last = self.last_updates[-1].round
+            self._after_edit([u for u in self.last_updates if u.round == last])
         except BaseException:
             snapshot.undo()  # a failure never leaves some layers written (nor subclass state changed)
             raise
         return snapshot
 
     # -- what variants change (PMET) -----------------------------------------------------------
+    @property
+    def last_targets(self) -> ValueTargets | None:
+        """``z*`` of the latest edit's first round (the targets MEMIT itself would write)."""
+        return self.last_round_targets[0] if self.last_round_targets else None
+
     def _value_targets(self, model: nn.Module, tokenizer, layout: ModelLayout,
                        requests: Sequence[EditRequest]) -> ValueTargets:
-        """``z*``: the residual stream at the last edited layer that makes the model say the target."""
-        return value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates, self.hp,
-                             module="layer", max_length=self.max_length, chunk_size=self.v_chunk_size)
+        """``z*``: the residual stream at the last edited layer that makes the model say the target
+        (from ``v_cache_dir`` when the same model, requests and settings were optimised before)."""
+        return self._cached_targets(
+            model, tokenizer, self.layers[-1], ["layer"], requests,
+            lambda: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates, self.hp,
+                                  module="layer", max_length=self.max_length, chunk_size=self.v_chunk_size))
 
     def _current_z(self, model: nn.Module, tokenizer, layout: ModelLayout, requests: Sequence[EditRequest]) -> Tensor:
         """The quantity ``z*`` is a target for, on the model as edited so far."""

@@ -179,3 +179,16 @@ def test_config_builds_the_editor(editor_from_config):
     assert editor.hp.num_grad_steps == 25 and editor.hp.lr == 0.1 and editor.hp.clamp_norm_factor == 0.75
     assert editor.context_template_length_params == [(10, 5)]
     assert editor.projections is None and editor.past_keys == {}
+
+
+def test_two_rounds_remember_each_request_key_once(tiny, requests_, random_text_second_moment):
+    model, tok = tiny("llama")
+    cs, threshold = half_rank_setup(model, random_text_second_moment)
+    editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), rounds=2)
+    editor.edit(model, tok, requests_[:2])
+    assert {u.round for u in editor.last_updates} <= {0, 1}
+    last = max(u.round for u in editor.last_updates)
+    for layer in LAYERS:
+        # the keys of the last round (computed on the model as edited so far), not both rounds'
+        (final,) = [u for u in editor.last_updates if u.layer == layer and u.round == last]
+        assert torch.equal(editor.past_keys[layer], final.keys.float())

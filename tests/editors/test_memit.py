@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,23 @@ def test_config_builds_the_editor(editor_from_config):
     assert editor.stats["cache_dir"] == "/tmp/cache/stats"
     assert editor.hp.num_grad_steps == 25 and editor.hp.lr == 0.5 and editor.hp.clamp_norm_factor == 0.75
     assert editor.context_template_length_params == [(10, 5)]
+    assert editor.rounds == 1 and str(editor.value_cache.directory) == "/tmp/cache/values"
+
+
+def test_smollm2_model_config_tunes_memit():
+    """configs/model/smollm2_135m.yaml's values reach the MEMIT yaml (two rounds, per-subject z*)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lit_edit.cli.common import split_prune
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = OmegaConf.create({"editor": OmegaConf.load(configs / "editor" / "memit.yaml"),
+                            "model": OmegaConf.load(configs / "model" / "smollm2_135m.yaml"),
+                            "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"}})
+    editor = instantiate(split_prune(cfg)[0], _convert_="all")
+    assert editor.layers == [3, 4, 5, 6, 7] and editor.rounds == 2 and editor.mom2_update_weight == 8000
+    assert editor.hp.share_subject and editor.hp.stop_on == "nll"
 
 
 def test_default_provider_with_the_stats_module(tiny, requests_, real_stats, tmp_path):
@@ -266,3 +284,70 @@ def test_shared_subject_group_stops_when_all_its_requests_are_below_the_threshol
                                module="layer")
     assert stopped.steps[0] == stopped.steps[2] == stop_at + 1
     assert max(stopped.nll[0], stopped.nll[2]) < thr
+
+
+def _target_logprob(model, tok, reqs) -> float:
+    """Mean log-probability of each request's one-token target after its prompt."""
+    total = 0.0
+    with torch.no_grad():
+        for r in reqs:
+            logits = model(**tok(r.prompt, return_tensors="pt")).logits[0, -1]
+            total += float(logits.log_softmax(-1)[tok(" " + r.target_new)["input_ids"][0]])
+    return total / len(reqs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_second_round_writes_what_a_strong_lambda_left_out(tiny, arch, facts_ending_with_subject):
+    # lambda 1 against C = I makes each round write only part of z* - z (the keys' squared norms
+    # are of that order), so the second round, optimised on the edited model, has something to add
+    reqs = facts_ending_with_subject
+    one_model, tok = tiny(arch)
+    one = memit(mom2_update_weight=1.0, v_num_grad_steps=8)
+    one.edit(one_model, tok, reqs)
+    two_model, _ = tiny(arch)
+    two = memit(mom2_update_weight=1.0, v_num_grad_steps=8, rounds=2)
+    before = weights_of(two_model)
+    two.edit(two_model, tok, reqs)
+
+    assert [(u.round, u.layer) for u in two.last_updates] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert len(two.last_round_targets) == 2 and two.last_targets is two.last_round_targets[0]
+    # round 1 is exactly the one-round edit
+    for a, b in zip(one.last_updates, two.last_updates[:2]):
+        assert torch.allclose(a.delta, b.delta)
+    # round 2's z* starts from the edited model's z (which round 1 moved towards, not onto, z*)
+    layout = layout_for(two_model)
+    first, second = two.last_round_targets
+    assert not torch.allclose(second.original, first.original, atol=1e-4)
+    assert second.delta.norm() < first.delta.norm()
+    # the total written is the sum over both rounds
+    for layer in LAYERS:
+        written = canonical_weight(resolve(two_model, "mlp_out", layer, layout)).detach().double() - before[layer]
+        summed = sum(u.delta for u in two.last_updates if u.layer == layer)
+        assert torch.allclose(written, summed, atol=1e-5 * summed.abs().max())
+    assert _target_logprob(two_model, tok, reqs) > _target_logprob(one_model, tok, reqs) + 0.1
+
+
+def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subject):
+    model, tok = tiny("llama")
+    editor = memit(rounds=3)
+    calls = []
+    real = editor._value_targets
+
+    def targets(*args):
+        vt = real(*args)
+        calls.append(vt)
+        if len(calls) == 1:
+            return vt
+        # from round 2 on: every request already says its target, so z* = z and delta = 0
+        return dataclasses.replace(vt, values=vt.original, delta=torch.zeros_like(vt.delta))
+
+    editor._value_targets = targets
+    editor.edit(model, tok, facts_ending_with_subject)
+    assert len(calls) == 2
+    assert {u.round for u in editor.last_updates} == {0}
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        memit(rounds=0)
+
+
+def weights_of(model, layers=LAYERS) -> dict[int, torch.Tensor]:
+    return {layer: canonical_weight(resolve(model, "mlp_out", layer)).detach().double().clone() for layer in layers}

@@ -10,13 +10,14 @@ and implements ``edit``. :class:`CachedStatsProvider` is the default source of `
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
-from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueHParams, context_templates
+from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueHParams, ValueTargets, context_templates
+from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
 
 class SecondMomentProvider(Protocol):
@@ -82,6 +83,9 @@ class LocateEditor(CallbackEditor):
             under bfloat16 autocast (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
         v_share_subject: requests of one ``edit`` call with the same subject share one
             ``v*``/``z*`` delta (``ValueHParams.share_subject``; batch editors).
+        v_cache_dir: keep optimised targets on disk there
+            (:class:`~lit_edit.editors.locate.value_cache.ValueCache`) for editors that look
+            them up through :meth:`_cached_targets`; ``None`` disables it.
         name: the editor's name in results (default: the class's ``name``).
     """
 
@@ -112,6 +116,7 @@ class LocateEditor(CallbackEditor):
         v_chunk_size: int | None = None,
         v_autocast: str | None = None,
         v_share_subject: bool = False,
+        v_cache_dir: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -133,6 +138,7 @@ class LocateEditor(CallbackEditor):
         if v_chunk_size is not None and int(v_chunk_size) < 1:
             raise ValueError(f"v_chunk_size must be >= 1 or null, got {v_chunk_size}")
         self.v_chunk_size = None if v_chunk_size is None else int(v_chunk_size)
+        self.value_cache = ValueCache(v_cache_dir) if v_cache_dir else None
         # caches (visible, cleared by clear_cache): templates and what _use_moments made of C
         self.templates: list[str] | None = None
         self._prepared_moments: Any = None
@@ -201,6 +207,15 @@ class LocateEditor(CallbackEditor):
             if not r.subject:
                 raise ValueError(f"{self.algorithm} needs the request's subject; "
                                  f"request {r.source or r.prompt!r} has none")
+
+    def _cached_targets(self, model: nn.Module, tokenizer, layer: int, modules: Sequence[str],
+                        requests: Sequence[EditRequest], compute: Callable[[], ValueTargets]) -> ValueTargets:
+        """``compute()``, or the same targets from :attr:`value_cache` when it has them."""
+        if self.value_cache is None:
+            return compute()
+        key = self.value_cache.key(model, tokenizer, layer=layer, modules=modules, requests=requests,
+                                   templates=self.templates, hp=self.hp, max_length=self.max_length)
+        return self.value_cache.get_or_compute(key, compute, device=next(model.parameters()).device)
 
     def _snapshot(self, layout: ModelLayout, modules: Mapping[int, nn.Module]) -> WeightSnapshot:
         """Copies of the weights of ``modules`` (``mlp_out`` per edited layer) before the edit."""
