@@ -205,7 +205,8 @@ def test_smollm2_model_config_tunes_memit():
                             "model": OmegaConf.load(configs / "model" / "smollm2_135m.yaml"),
                             "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"}})
     editor = instantiate(split_prune(cfg)[0], _convert_="all")
-    assert editor.layers == [3, 4, 5, 6, 7] and editor.rounds == 2 and editor.mom2_update_weight == 8000
+    assert editor.layers == [3, 4, 5, 6, 7] and editor.rounds == 3 and editor.mom2_update_weight == 8000
+    assert editor.hp.lr == 0.5
     assert editor.hp.share_subject and editor.hp.stop_on == "nll"
 
 
