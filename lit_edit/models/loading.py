@@ -196,19 +196,24 @@ def ensure_gguf_cache(spec: ModelSpec) -> Path:
 
 
 @torch.no_grad()
-def model_fingerprint(model: torch.nn.Module, samples: int = 1024) -> str:
+def model_fingerprint(model: torch.nn.Module, samples: int | None = 1024) -> str:
     """Stable short hash of the weights, to check a checkpoint was made for this base model.
 
     Hashes each parameter's name, shape and ``samples`` elements at fixed, evenly spaced
     positions (as float32 bytes, so the device does not matter). Dense edits such as rank-one
-    updates change it; a change confined to unsampled elements would not.
+    updates change it; a change confined to unsampled elements would not. ``samples=None``
+    hashes every element (about 0.6 s for 135M parameters), for caches where a missed
+    sparse change would return wrong results.
     """
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
-        k = min(samples, flat.numel())
-        idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
-        values = flat[idx].float().cpu().contiguous()
+        if samples is None:
+            values = flat.float().cpu().contiguous()
+        else:
+            k = min(samples, flat.numel())
+            idx = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
+            values = flat[idx].float().cpu().contiguous()
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -9,7 +9,7 @@ AlphaEdit on the same batch with the same ``z*`` settings, reuses the targets in
 optimising them again.
 
 Key: a SHA-256 over a JSON description of those inputs, with the weights hashed in full
-(every byte of every parameter: a sampled fingerprint could miss a sparse edit, and a wrong
+(``model_fingerprint(samples=None)``, every element of every parameter: a sampled fingerprint could miss a sparse edit, and a wrong
 hit would silently write the wrong targets). One ``<key>.safetensors`` file per entry holds
 ``values``, ``original`` and ``delta`` plus the per-request diagnostics in its metadata.
 Files are written to a temporary name and moved into place; an existing entry is never
@@ -33,28 +33,12 @@ from torch import nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.keys_values import ValueHParams, ValueTargets
+from lit_edit.editors.locate.stats import tokenizer_fingerprint
+from lit_edit.models.loading import model_fingerprint
 
 FORMAT = "lit_edit.value_targets/1"
 _TENSORS = ("values", "original", "delta")
 _LISTS = ("steps", "nll", "loss", "delta_ratio")
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter's name, dtype, shape and bytes (about a second for 135M float32)."""
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        tensor = param.detach()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        flat = tensor.reshape(-1).cpu().contiguous()
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()
-
-
-def tokenizer_digest(tokenizer) -> str:
-    """How the tokenizer splits a fixed probe (the statistics cache's fingerprint)."""
-    from lit_edit.editors.locate.stats import tokenizer_fingerprint
-
-    return tokenizer_fingerprint(tokenizer)
 
 
 class ValueCache:
@@ -70,8 +54,8 @@ class ValueCache:
         """The entry's name: a hash of every input the targets depend on."""
         blob = json.dumps({
             "format": FORMAT,
-            "weights": weights_digest(model),
-            "tokenizer": tokenizer_digest(tokenizer),
+            "weights": model_fingerprint(model, samples=None),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
             "layer": int(layer),
             "modules": list(modules),
             "requests": [[r.prompt, r.subject, r.target_new] for r in requests],
