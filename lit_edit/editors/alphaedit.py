@@ -147,10 +147,18 @@ class AlphaEditEditor(MEMITEditor):
         return AlphaEditSnapshot(plain.params, self)
 
     # -- editing ---------------------------------------------------------------------------------
-    def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor) -> Tensor:
-        """AlphaEdit's projected update: ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + L2·I)⁻¹."""
+    def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor, context: Tensor | None = None) -> Tensor:
+        """AlphaEdit's projected update: ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + L2·I)⁻¹.
+
+        The prompts' context keys (``context_preserve_weight``) join the past keys ``K_p``, the
+        term AlphaEdit already has for outputs that must stay, scaled so each weighs ``w``.
+        """
         assert self.projections is not None
-        return alphaedit_update(keys, residual, self.projections[layer], self.L2, self.past_keys.get(layer))
+        preserved = self.past_keys.get(layer)
+        if context is not None and self.context_preserve_weight:
+            scaled = context.detach().float().cpu() * self.context_preserve_weight ** 0.5
+            preserved = scaled if preserved is None else torch.cat([preserved, scaled])
+        return alphaedit_update(keys, residual, self.projections[layer], self.L2, preserved)
 
     def _after_edit(self, updates: list[LayerUpdate]) -> None:
         """Remember this edit's keys so later edits leave them alone (sequential editing)."""

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alphaedit_update, null_space_projection
-from lit_edit.models.layouts import canonical_weight, resolve
+from lit_edit.editors.locate.keys_values import prompt_context_keys
+from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
 LAYERS = [1, 2]
 TEMPLATES = ["{}", "The weather is nice. {}"]
@@ -192,3 +193,19 @@ def test_two_rounds_remember_each_request_key_once(tiny, requests_, random_text_
         # the keys of the last round (computed on the model as edited so far), not both rounds'
         (final,) = [u for u in editor.last_updates if u.layer == layer and u.round == last]
         assert torch.equal(editor.past_keys[layer], final.keys.float())
+
+
+def test_context_keys_join_the_past_keys_term_but_are_not_remembered(tiny, requests_, random_text_second_moment):
+    model, tok = tiny("llama")
+    cs, threshold = half_rank_setup(model, random_text_second_moment)
+    first = LAYERS[0]
+    context = prompt_context_keys(model, tok, layout_for(model), first, requests_[:2])  # before any write
+    editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), context_preserve_weight=4.0)
+    editor.edit(model, tok, requests_[:2])
+    upd = editor.last_updates[0]
+    assert upd.layer == first
+    expected = alphaedit_update(upd.keys, upd.residual, editor.projections[first], editor.L2, 2.0 * context)
+    assert torch.allclose(upd.delta, expected, atol=1e-8 * expected.abs().max())
+    plain = alphaedit_update(upd.keys, upd.residual, editor.projections[first], editor.L2, None)
+    assert not torch.allclose(upd.delta, plain, atol=1e-3 * plain.abs().max())
+    assert all(keys.shape[0] == 2 for keys in editor.past_keys.values())  # only the edit keys are kept

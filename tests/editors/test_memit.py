@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_edit.editors.locate.keys_values import prompt_context_keys
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
@@ -194,7 +195,7 @@ def test_config_builds_the_editor(editor_from_config):
 
 
 def test_smollm2_model_config_tunes_memit():
-    """configs/model/smollm2_135m.yaml's values reach the MEMIT yaml (two rounds, per-subject z*)."""
+    """configs/model/smollm2_135m.yaml's tuned values reach the MEMIT editor (not the yaml's fallbacks)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -205,8 +206,11 @@ def test_smollm2_model_config_tunes_memit():
                             "model": OmegaConf.load(configs / "model" / "smollm2_135m.yaml"),
                             "paths": {"cache_dir": "/tmp/cache", "data_dir": "/tmp/data"}})
     editor = instantiate(split_prune(cfg)[0], _convert_="all")
-    assert editor.layers == [3, 4, 5, 6, 7] and editor.rounds == 3 and editor.mom2_update_weight == 8000
-    assert editor.hp.lr == 0.5
+    tuned = cfg.model.tuned.memit  # each differs from the MEMIT yaml's own fallback
+    assert editor.layers == list(cfg.model.layers.memit)
+    assert (editor.rounds, editor.mom2_update_weight, editor.context_preserve_weight) == (
+        tuned.rounds, tuned.mom2_update_weight, tuned.context_preserve_weight) != (1, 15000, 0.0)
+    assert editor.hp.lr == tuned.v_lr and editor.hp.num_grad_steps == tuned.v_num_grad_steps != 25
     assert editor.hp.share_subject and editor.hp.stop_on == "nll"
 
 
@@ -350,3 +354,57 @@ def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subje
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         memit(rounds=0)
 
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_context_keys_are_the_mlp_inputs_at_every_non_subject_token(tiny, arch, facts_ending_with_subject):
+    model, tok = tiny(arch)
+    layout = layout_for(model)
+    reqs = facts_ending_with_subject[:2]
+    got = prompt_context_keys(model, tok, layout, 1, reqs)
+    module = resolve(model, "mlp_out", 1, layout)
+    expected = []
+    for r in reqs:
+        enc = tok(r.prompt, return_offsets_mapping=True, return_tensors="pt")
+        at = r.prompt.index(r.subject)
+        outside = [not (s < at + len(r.subject) and e > at) for s, e in enc.pop("offset_mapping")[0].tolist()]
+        seen = []
+        hook = module.register_forward_hook(lambda m, args, out: seen.append(args[0][0]))
+        with torch.no_grad():
+            model(**enc)
+        hook.remove()
+        assert 0 < sum(outside) < len(outside)  # "The mother tongue of" stays, the subject goes
+        expected.append(seen[0][torch.tensor(outside)])
+    assert torch.allclose(got, torch.cat(expected), atol=1e-5)
+
+
+def test_memit_update_with_preserved_keys_matches_the_explicit_formula():
+    gen = torch.Generator().manual_seed(1)
+    keys, resid, kept = torch.randn(3, 6, generator=gen), torch.randn(3, 4, generator=gen), torch.randn(5, 6, generator=gen)
+    c = torch.eye(6, dtype=torch.float64) * 0.5
+    k, r, p = keys.double().T, resid.double().T, kept.double().T
+    delta = memit_update(keys, resid, 2.0, c, kept, 3.0)
+    assert torch.allclose(delta, r @ k.T @ torch.linalg.inv(2.0 * c + 3.0 * p @ p.T + k @ k.T), atol=1e-10)
+    assert torch.allclose(memit_update(keys, resid, 2.0, c, kept, 0.0), memit_update(keys, resid, 2.0, c), atol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_context_preservation_leaves_the_prompts_other_tokens_alone_and_still_edits(tiny, arch, facts_ending_with_subject,
+                                                                                   argmax_next):
+    reqs = facts_ending_with_subject
+    moved = {}
+    for weight in (0.0, 100.0):
+        model, tok = tiny(arch)
+        layout = layout_for(model)
+        context = {layer: prompt_context_keys(model, tok, layout, layer, reqs) for layer in LAYERS}
+        editor = memit(mom2_update_weight=1e-2, context_preserve_weight=weight)
+        editor.edit(model, tok, reqs)
+        assert editor.context_preserve_weight == weight
+        # what each layer's write does at the (pre-edit) context keys, relative to what it does at the edit keys
+        moved[weight] = sum(float((u.delta @ context[u.layer].double().T).norm() / (u.delta @ u.keys.double().T).norm())
+                            for u in editor.last_updates)
+        for r in reqs:
+            assert argmax_next(model, tok, r.prompt) == tok(" " + r.target_new)["input_ids"][0]
+    assert moved[100.0] < 0.2 * moved[0.0]
+    with pytest.raises(ValueError, match="context_preserve_weight must be >= 0"):
+        memit(context_preserve_weight=-1.0)

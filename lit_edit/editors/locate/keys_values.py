@@ -258,18 +258,28 @@ def subject_states(
     outputs). Only blocks ``0..layer`` run: the forward stops after that block (the recording
     pass of :func:`frozen_prefix`).
     """
-    target = resolve(model, module, layer, layout)  # checks the layer index
-    name = layout.name(module, layer)
     prompts, subjects, starts = _templated(requests, templates)
     positions = subject_last_token_positions(tokenizer, prompts, subjects, search_from=starts)
     ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    states = []
+    for lo, batch in _module_states(model, tokenizer, layout, module, layer, ids, what=what, batch_size=batch_size):
+        cols = torch.tensor(positions[lo : lo + len(batch)], device=batch.device)
+        states.append(batch[torch.arange(len(cols), device=batch.device), cols].float())
+    per_prompt = torch.cat(states)
+    return per_prompt.view(len(requests), len(templates), -1).mean(1)
+
+
+def _module_states(model: nn.Module, tokenizer, layout: ModelLayout, module: str, layer: int,
+                   ids: Sequence[Sequence[int]], *, what: str, batch_size: int):
+    """``(offset, states [b, seq, d])`` per batch of right-padded ``ids``: the ``what`` of layout
+    field ``module`` at ``layer``; only blocks ``0..layer`` run."""
+    target = resolve(model, module, layer, layout)  # checks the layer index
+    name = layout.name(module, layer)
     device = next(model.parameters()).device
     body = decoder_body(model)
-    states = []
-    for lo in range(0, len(prompts), batch_size):
+    for lo in range(0, len(ids), batch_size):
         input_ids, mask = _pad_right(ids[lo : lo + batch_size], tokenizer.pad_token_id)
         input_ids, mask = input_ids.to(device), mask.to(device)
-        cols = torch.tensor(positions[lo : lo + batch_size], device=device)
         forward = lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)  # noqa: E731
         with capture(model, [name], what=what) as seen:
             # the recording pass runs blocks 0..layer and stops: nothing above is computed
@@ -277,9 +287,50 @@ def subject_states(
                 pass
         if name not in seen:
             raise RuntimeError(f"{type(target).__name__} {name} did not run in the forward pass")
-        states.append(seen[name][torch.arange(len(cols), device=device), cols].float())
-    per_prompt = torch.cat(states)
-    return per_prompt.view(len(requests), len(templates), -1).mean(1)
+        yield lo, seen[name]
+
+
+@torch.no_grad()
+def prompt_context_keys(
+    model: nn.Module,
+    tokenizer,
+    layout: ModelLayout,
+    layer: int,
+    requests: Sequence[EditRequest],
+    *,
+    module: str = "mlp_out",
+    batch_size: int = 64,
+) -> Tensor:
+    """Inputs of ``module`` at every token of each bare prompt that is not part of the subject.
+
+    MEMIT's preserved set is ``C`` of a text corpus; these are the keys of the edit prompts' own
+    context (the question around the subject), which a batch write should leave as it found them:
+    the edit is meant to act at the subject alone. Returns ``[m, d_in]`` float32, one row per token.
+    """
+    _check_subjects(requests)
+    prompts = [r.prompt for r in requests]
+    enc = tokenizer(prompts, add_special_tokens=True, return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
+    keep = []
+    for i, (prompt, r) in enumerate(zip(prompts, requests)):
+        at = prompt.find(r.subject)
+        if at < 0:
+            raise ValueError(f"subject {r.subject!r} not found in prompt {prompt!r}")
+        end = at + len(r.subject)
+        if "offset_mapping" in enc:
+            keep.append([not (s < end and e > at) for s, e in enc["offset_mapping"][i]])
+        else:  # ROME's rule: tokens of the text before the subject, then those after its end
+            first = len(tokenizer(prompt[:at], add_special_tokens=True)["input_ids"])
+            last = len(tokenizer(prompt[:end], add_special_tokens=True)["input_ids"])
+            keep.append([not (first <= j < last) for j in range(len(enc["input_ids"][i]))])
+    rows = []
+    for lo, batch in _module_states(model, tokenizer, layout, module, layer, enc["input_ids"], what="input",
+                                    batch_size=batch_size):
+        for j in range(len(batch)):
+            flags = torch.tensor(keep[lo + j], dtype=torch.bool, device=batch.device)
+            rows.append(batch[j, : len(flags)][flags].float())
+    if not rows:
+        raise ValueError("prompt_context_keys needs at least one request")
+    return torch.cat(rows)
 
 
 # --- values ----------------------------------------------------------------------------------
