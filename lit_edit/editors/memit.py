@@ -63,6 +63,7 @@ Deviations from the MEMIT code, all deliberate (``rounds: 1``, ``v_share_subject
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -234,7 +235,11 @@ class MEMITEditor(LocateEditor):
                 with self._phase("values", device):
                     vt = self._value_targets(model, tokenizer, layout, requests)
                 self.last_round_targets.append(vt)
-                if round_ and not vt.delta.any():
+                moving = int((vt.delta.norm(dim=-1) > 0).sum())
+                logging.getLogger(__name__).info(
+                    "%s round %d/%d: %d of %d requests get a z* correction (mean %.1f optimisation steps)",
+                    self.algorithm, round_ + 1, self.rounds, moving, len(requests), sum(vt.steps) / len(vt.steps))
+                if round_ and not moving:
                     break  # every request already says its target: nothing left to correct
                 for i, layer in enumerate(self.layers):
                     with self._phase("keys", device):

@@ -333,7 +333,8 @@ def test_a_second_round_writes_what_a_strong_lambda_left_out(tiny, arch, facts_e
     assert _target_logprob(two_model, tok, reqs) > _target_logprob(one_model, tok, reqs) + 0.1
 
 
-def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subject):
+def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subject, caplog):
+    caplog.set_level("INFO", logger="lit_edit.editors.memit")
     model, tok = tiny("llama")
     editor = memit(rounds=3)
     calls = []
@@ -350,6 +351,8 @@ def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subje
     editor._value_targets = targets
     editor.edit(model, tok, facts_ending_with_subject)
     assert len(calls) == 2
+    rounds = [r.getMessage() for r in caplog.records if " round " in r.getMessage()]
+    assert len(rounds) == 2 and "round 1/3: 4 of 4 requests" in rounds[0] and "round 2/3: 0 of 4 requests" in rounds[1]
     assert {u.round for u in editor.last_updates} == {0}
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         memit(rounds=0)
