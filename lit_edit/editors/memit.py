@@ -127,7 +127,7 @@ def memit_update(keys: Tensor, residual: Tensor, weight: float, c: Tensor | None
         p = preserved.detach().to(device="cpu", dtype=torch.float64)
         a = a + preserved_weight * (p.T @ p)
     try:
-        adj_k = torch.linalg.solve(a, k)  # (lambda C + K K^T)^-1 K  [d_in, n]
+        adj_k = torch.linalg.solve(a, k)  # (lambda C [+ w P^T P] + K K^T)^-1 K  [d_in, n]
     except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise ValueError(f"lambda C + K K^T ({a.shape[0]}x{a.shape[0]}) is singular: {err}") from err
     return r @ adj_k.T

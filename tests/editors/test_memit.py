@@ -358,7 +358,6 @@ def test_rounds_stop_once_nothing_is_left_to_write(tiny, facts_ending_with_subje
         memit(rounds=0)
 
 
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_prompt_context_keys_are_the_mlp_inputs_at_every_non_subject_token(tiny, arch, facts_ending_with_subject):
     model, tok = tiny(arch)

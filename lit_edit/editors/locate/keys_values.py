@@ -140,6 +140,17 @@ def context_templates(
 # --- where the subject is ------------------------------------------------------------------------
 
 
+def subject_char_span(prompt: str, subject: str, start: int = 0) -> tuple[int, int]:
+    """``(first, end)`` characters of the subject's first occurrence at or after ``start``."""
+    if not subject:
+        raise ValueError(f"an empty subject cannot be located in prompt {prompt!r}")
+    at = prompt.find(subject, start)
+    if at < 0:
+        where = f" (searching from character {start})" if start else ""
+        raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}{where}")
+    return at, at + len(subject)
+
+
 def subject_last_token_positions(
     tokenizer,
     prompts: Sequence[str],
@@ -159,15 +170,7 @@ def subject_last_token_positions(
     if len(prompts) != len(subjects):
         raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
     starts = list(search_from) if search_from is not None else [0] * len(prompts)
-    ends = []
-    for prompt, subject, start in zip(prompts, subjects, starts):
-        if not subject:
-            raise ValueError(f"an empty subject cannot be located in prompt {prompt!r}")
-        at = prompt.find(subject, start)
-        if at < 0:
-            where = f" (searching from character {start})" if start else ""
-            raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}{where}")
-        ends.append(at + len(subject))
+    ends = [subject_char_span(prompt, subject, start)[1] for prompt, subject, start in zip(prompts, subjects, starts)]
     if not prompts:
         return []
     if getattr(tokenizer, "is_fast", False):
@@ -312,10 +315,7 @@ def prompt_context_keys(
     enc = tokenizer(prompts, add_special_tokens=True, return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
     keep = []
     for i, (prompt, r) in enumerate(zip(prompts, requests)):
-        at = prompt.find(r.subject)
-        if at < 0:
-            raise ValueError(f"subject {r.subject!r} not found in prompt {prompt!r}")
-        end = at + len(r.subject)
+        at, end = subject_char_span(prompt, r.subject)
         if "offset_mapping" in enc:
             keep.append([not (s < end and e > at) for s, e in enc["offset_mapping"][i]])
         else:  # ROME's rule: tokens of the text before the subject, then those after its end
