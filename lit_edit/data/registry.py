@@ -182,6 +182,32 @@ def check_limit(limit: int | None) -> None:
         raise ValueError(f"limit must be None or a non-negative int, got {limit!r}")
 
 
+def _split_entry(name: str, split: str | None) -> tuple[DatasetSpec, str, SplitFile]:
+    """The registered dataset, the split chosen (its default when ``None``) and its file entry."""
+    if name in ROW_DATASETS:
+        raise ValueError(f"{name!r} is a probe row set, not an edit dataset; load it with load_rows({name!r})")
+    if name not in DATASETS:
+        raise _unknown(name, "dataset")
+    spec = DATASETS[name]
+    split = split or spec.default_split
+    if split not in spec.splits:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(spec.splits)}")
+    return spec, split, spec.splits[split]
+
+
+def _split_location(name: str, split: str, entry: SplitFile, path: PathArg, root: PathArg) -> tuple[Path, str]:
+    try:
+        return _locate(entry.path, path, root)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"dataset {name!r} split {split!r}: {err}") from err
+
+
+def split_file(name: str, split: str | None = None, data_root: PathArg = None) -> Path:
+    """The file :func:`read_requests` reads for ``name``/``split`` (for change detection by callers)."""
+    _, split, entry = _split_entry(name, split)
+    return _split_location(name, split, entry, None, data_root)[0]
+
+
 def read_requests(
     name: str, path: PathArg = None, split: str | None = None, data_root: PathArg = None
 ) -> list[EditRequest]:
@@ -192,19 +218,8 @@ def read_requests(
     Issues (subjects not in prompts, empty aliases, skipped known-invalid records) are logged
     as warnings with counts and record indices.
     """
-    if name in ROW_DATASETS:
-        raise ValueError(f"{name!r} is a probe row set, not an edit dataset; load it with load_rows({name!r})")
-    if name not in DATASETS:
-        raise _unknown(name, "dataset")
-    spec = DATASETS[name]
-    split = split or spec.default_split
-    if split not in spec.splits:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(spec.splits)}")
-    entry = spec.splits[split]
-    try:
-        file, source = _locate(entry.path, path, data_root)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"dataset {name!r} split {split!r}: {err}") from err
+    spec, split, entry = _split_entry(name, split)
+    file, source = _split_location(name, split, entry, path, data_root)
     requests, issues = parse_file(file, spec.parser, source, entry.known_invalid if path is None else None)
     _log_issues(source, issues)
     return requests

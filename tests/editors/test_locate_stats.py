@@ -102,6 +102,27 @@ def test_corpus_from_saved_dataset(tmp_path):
     assert text_samples(str(tmp_path / "ds"), 2) == ["first doc", "second doc"]
 
 
+def test_corpus_from_benchmark_prompts(shared_data):
+    import json
+
+    raw = json.loads((shared_data / "zsre" / "zsre_mend_train-1k.json").read_text(encoding="utf-8"))
+    usable = [r for i, r in enumerate(raw) if i not in (534, 723)]  # the registry's known-invalid records
+    loc = all_documents("prompts:zsre_train:locality", str(shared_data))
+    assert loc == [r["loc"].strip() for r in usable] and loc[0].startswith("nq question:")
+    # fields in the order given, record by record; no fields = all four
+    two = all_documents("prompts:zsre_train/train:rephrase,prompt", str(shared_data))
+    assert two[:4] == [usable[0]["rephrase"], usable[0]["src"], usable[1]["rephrase"], usable[1]["src"]]
+    assert len(all_documents("prompts:zsre_train", str(shared_data))) == 3 * len(usable)  # no portability
+    assert corpus_id("prompts:zsre_train:locality", 10, str(shared_data)) != corpus_id(
+        "prompts:zsre_train:prompt", 10, str(shared_data))
+    with pytest.raises(ValueError, match="unknown field.*answer"):
+        all_documents("prompts:zsre_train:answer", str(shared_data))
+    with pytest.raises(ValueError, match="unknown dataset 'nosuch'"):
+        all_documents("prompts:nosuch", str(shared_data))
+    with pytest.raises(ValueError, match="no split 'test'"):
+        all_documents("prompts:zsre_train/test", str(shared_data))
+
+
 def test_wikitext_samples_skip_headings():
     root = _wikitext_root()
     if root is None:

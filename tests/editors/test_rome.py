@@ -281,6 +281,35 @@ def test_value_clamp_and_early_stop(tiny, requests_):
         kv.ValueHParams(**{**by_nll.__dict__, "stop_on": "total"})
 
 
+def test_extra_corpora_add_weighted_second_moments(tiny, fake_stats):
+    """C = C_corpus + sum_i weight_i C_i, each term from its own (cached) statistics."""
+    calls, settings = fake_stats
+    model, _ = tiny("llama")
+    layout = layout_for(model)
+    provider = CachedStatsProvider({**settings, "extra_corpora": [{"corpus": "q.txt", "weight": 0.5, "n_samples": 3}]})
+    got = provider.get_many(model, None, layout, [0, 1])
+    assert calls[1:] == [("get_many", [0, 1], {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}, "tiny_llama"),
+                         ("get_many", [0, 1], {"corpus": "q.txt", "n_samples": 3, "dtype": "float32"}, "tiny_llama")]
+    assert torch.equal(got[1], torch.eye(got[1].shape[0]) * 4.5)  # fake C = 3 I: 3 I + 0.5 * 3 I
+    for bad, match in [({"weight": 1.0}, "corpus"), ({"corpus": "q.txt"}, "weight"),
+                       ({"corpus": "q.txt", "weight": -1}, ">= 0"), ("q.txt", "mapping")]:
+        with pytest.raises(ValueError, match=rf"extra_corpora\[0\].*{match}"):
+            CachedStatsProvider({**settings, "extra_corpora": [bad]})
+
+
+def test_extra_corpora_with_the_real_statistics(tiny, real_stats, tmp_path):
+    model, tok = tiny("gpt2")
+    layout = layout_for(model)
+    questions = tmp_path / "questions.txt"
+    questions.write_text("\n".join(f"who wrote book number {i}?" for i in range(16)))
+    plain = CachedStatsProvider(real_stats).get(model, tok, layout, 1)
+    alone = CachedStatsProvider({**real_stats, "corpus": str(questions), "n_samples": 16}).get(model, tok, layout, 1)
+    mixed = CachedStatsProvider({**real_stats, "extra_corpora": [
+        {"corpus": str(questions), "weight": 2.0, "n_samples": 16}]}).get(model, tok, layout, 1)
+    torch.testing.assert_close(mixed, plain + 2.0 * alone)
+    assert not torch.allclose(alone, plain, rtol=0.1)  # the question text is a different distribution
+
+
 def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, fake_stats):
     """The default C provider's contract with lit_edit.editors.locate.stats (faked here)."""
     calls, stats = fake_stats
@@ -288,7 +317,7 @@ def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, f
     editor = rome(mom2_adjustment=True, stats=stats, v_num_grad_steps=2)
     editor.edit(model, tok, requests_[:1])
     assert calls == [("init", "/tmp/stats"),
-                     ("get", LAYER, {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}, "tiny_llama")]
+                     ("get_many", [LAYER], {"corpus": "wikitext", "n_samples": 10, "dtype": "float32"}, "tiny_llama")]
     # C = 3 I: the update is the identity one (scaling C changes nothing in ROME)
     upd = editor.last_updates[0]
     assert torch.allclose(upd.left / upd.left.norm(), upd.key.double() / upd.key.norm(), atol=1e-12)

@@ -37,29 +37,60 @@ class CachedStatsProvider:
     are for the cache itself, every other non-null key goes to ``StatsConfig`` (``corpus``,
     ``n_samples``, ``max_length``, ``token_budget``, ``dtype``, ``data_root``).
     ``model_id`` defaults to the model's ``config.name_or_path``.
+
+    ``extra_corpora`` (a list of mappings with ``corpus``, ``weight`` and optionally any other
+    ``StatsConfig`` key) adds further corpora: ``C = C_corpus + sum_i weight_i C_i``, every term
+    a per-token mean cached on its own. It exists for text the main corpus hardly has (questions,
+    for a question-answering benchmark): the editor's ``lambda C`` then protects that text's
+    keys as well (``lit_edit/editors/memit.py`` says what it measured).
     """
 
-    _OWN_KEYS = ("cache_dir", "model_id")
+    _OWN_KEYS = ("cache_dir", "model_id", "extra_corpora")
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
         if not self.settings.get("cache_dir"):
             raise ValueError("stats.cache_dir is required for the covariance statistics cache")
+        self.extra = [self._check_extra(i, spec) for i, spec in enumerate(self.settings.get("extra_corpora") or [])]
         self._stats = None
 
-    def _cache_config_model_id(self, model: nn.Module) -> tuple[Any, Any, str]:
-        """The statistics cache (created once), the ``StatsConfig`` and the model id for ``model``."""
+    @staticmethod
+    def _check_extra(index: int, spec: Any) -> tuple[dict[str, Any], float]:
+        """``(StatsConfig overrides, weight)`` of one ``extra_corpora`` entry, or a readable error."""
+        if not isinstance(spec, Mapping) or not spec.get("corpus") or "weight" not in spec:
+            raise ValueError(f"stats.extra_corpora[{index}] must be a mapping with 'corpus' and 'weight', got {spec!r}")
+        weight = float(spec["weight"])
+        if not weight >= 0:
+            raise ValueError(f"stats.extra_corpora[{index}].weight must be >= 0, got {spec['weight']!r}")
+        return {k: v for k, v in spec.items() if k != "weight" and v is not None}, weight
+
+    def _cache_configs_model_id(self, model: nn.Module) -> tuple[Any, list[tuple[Any, float]], str]:
+        """The statistics cache (created once), ``(StatsConfig, weight)`` per corpus (the main one
+        first, weight 1) and the model id for ``model``."""
         from lit_edit.editors.locate.stats import SecondMomentStats, StatsConfig
 
         if self._stats is None:
             self._stats = SecondMomentStats(self.settings["cache_dir"])
-        cfg = StatsConfig(**{k: v for k, v in self.settings.items() if k not in self._OWN_KEYS and v is not None})
+        base = {k: v for k, v in self.settings.items() if k not in self._OWN_KEYS and v is not None}
+        configs = [(StatsConfig(**base), 1.0)]
+        configs += [(StatsConfig(**{**base, **overrides}), weight) for overrides, weight in self.extra]
         model_id = self.settings.get("model_id") or getattr(model.config, "name_or_path", None) or type(model).__name__
-        return self._stats, cfg, model_id
+        return self._stats, configs, model_id
 
     def get(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int) -> Tensor:
-        stats, cfg, model_id = self._cache_config_model_id(model)
-        return stats.get(model, tokenizer, layout, layer, cfg, model_id).matrix
+        return self.get_many(model, tokenizer, layout, [layer])[int(layer)]
+
+    def get_many(self, model: nn.Module, tokenizer, layout: ModelLayout, layers: Sequence[int]) -> dict[int, Tensor]:
+        """``C`` of several layers, each corpus read in one pass for all of them."""
+        stats, configs, model_id = self._cache_configs_model_id(model)
+        layers = [int(layer) for layer in layers]
+        moments: dict[int, Tensor] = {}
+        for cfg, weight in configs:
+            found = stats.get_many(model, tokenizer, layout, layers, cfg, model_id)
+            for layer in layers:
+                term = found[layer].matrix if weight == 1.0 else weight * found[layer].matrix
+                moments[layer] = term if layer not in moments else moments[layer] + term
+        return moments
 
 
 class LocateEditor(CallbackEditor):

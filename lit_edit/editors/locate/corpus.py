@@ -2,7 +2,12 @@
 
 A *source* is either the name ``"wikitext"`` (WikiText-2 ``valid.txt`` then ``test.txt`` from
 the shared data folder, see :func:`lit_edit.data.paths.data_root`), a path to a plain text
-file, or a directory written by ``datasets.Dataset.save_to_disk`` with a ``"text"`` column.
+file, a directory written by ``datasets.Dataset.save_to_disk`` with a ``"text"`` column, or
+``"prompts:<dataset>[/<split>][:<field>,...]"``: the prompts of a registered edit dataset
+(:func:`lit_edit.data.registry.read_requests`), fields ``prompt``, ``rephrase``, ``locality``,
+``portability`` (default: all four). The last kind exists because question-answering benchmarks
+are asked in a register WikiText hardly has; ``prompts:zsre_train:locality`` (the Natural
+Questions of ZsRE's train split) is text in that register, disjoint from the eval split's.
 
 Documents, in file order (deterministic; nothing is shuffled):
 
@@ -11,6 +16,7 @@ Documents, in file order (deterministic; nothing is shuffled):
   lines, otherwise one document per line. ``unit="paragraph"`` / ``"line"`` force either.
 - a ``datasets`` directory: one document per row (split ``"train"`` of a ``DatasetDict``
   when it has one, otherwise all splits in their saved order).
+- ``prompts:``: one document per prompt, record by record, fields in the order given.
 
 Empty lines and WikiText headings (``" = = Early life = = "``) are never part of a document.
 Lines are stripped; a paragraph keeps its line breaks.
@@ -31,6 +37,8 @@ from lit_edit.data.paths import data_root as resolve_data_root
 
 WIKITEXT = "wikitext"
 WIKITEXT_FILES = ("wikitext-2/valid.txt", "wikitext-2/test.txt")
+PROMPTS = "prompts:"
+PROMPT_FIELDS = ("prompt", "rephrase", "locality", "portability")
 
 Unit = Literal["auto", "paragraph", "line"]
 
@@ -43,8 +51,21 @@ def is_heading(line: str) -> bool:
     return text.startswith("=") and text.endswith("=") and _HEADING.fullmatch(text) is not None
 
 
+def parse_prompts_source(source: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """``(dataset, split, fields)`` of a ``prompts:<dataset>[/<split>][:<field>,...]`` source."""
+    body = source[len(PROMPTS):]
+    name_split, _, fields_text = body.partition(":")
+    name, _, split = name_split.partition("/")
+    fields = tuple(f.strip() for f in fields_text.split(",") if f.strip()) if fields_text else PROMPT_FIELDS
+    unknown = [f for f in fields if f not in PROMPT_FIELDS]
+    if not name or unknown:
+        raise ValueError(f"corpus {source!r}: expected 'prompts:<dataset>[/<split>][:<field>,...]' with fields "
+                         f"from {list(PROMPT_FIELDS)}" + (f"; unknown field(s) {unknown}" if unknown else ""))
+    return name, split or None, fields
+
+
 def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list[Path]]:
-    """``(kind, paths)`` of a source: kind is ``"wikitext"``, ``"text"`` or ``"datasets"``.
+    """``(kind, paths)`` of a source: kind is ``"wikitext"``, ``"text"``, ``"datasets"`` or ``"prompts"``.
 
     Relative paths are tried against the current directory first, then under the data root
     (when one can be resolved). A missing source is a ``FileNotFoundError`` naming what was tried.
@@ -58,6 +79,11 @@ def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list
         if missing:
             raise FileNotFoundError(f"corpus 'wikitext' needs {missing} under the data root {root}")
         return WIKITEXT, paths
+    if source.startswith(PROMPTS):
+        from lit_edit.data.registry import split_file  # lazily: the registry imports datasets
+
+        name, split, _ = parse_prompts_source(source)
+        return "prompts", [split_file(name, split, data_root)]
 
     given = Path(source).expanduser()
     tried = [given if given.is_absolute() else Path.cwd() / given]
@@ -136,9 +162,27 @@ def _dataset_texts(path: Path) -> list[str]:
     return texts
 
 
+def _request_prompts(source: str, data_root: str | None) -> list[str]:
+    from lit_edit.data.registry import read_requests
+
+    name, split, fields = parse_prompts_source(source)
+    docs: list[str] = []
+    for request in read_requests(name, split=split, data_root=data_root):
+        for name_ in fields:
+            if name_ == "prompt":
+                docs.append(request.prompt)
+            elif name_ == "rephrase":
+                docs.extend(request.rephrase_prompts)
+            else:
+                docs.extend(probe.prompt for probes in getattr(request, name_).values() for probe in probes)
+    return docs
+
+
 def all_documents(source: str, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
     """Every document of ``source`` in order (see the module docstring for what one is)."""
     kind, paths = resolve_source(source, data_root)
+    if kind == "prompts":
+        return [doc.strip() for doc in _request_prompts(source, data_root) if doc.strip()]
     if kind == "datasets":
         return [doc.strip() for doc in _dataset_texts(paths[0]) if doc.strip() and not is_heading(doc)]
     if kind == WIKITEXT:
