@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -198,12 +198,6 @@ class MEMITEditor(LocateEditor):
     @property
     def edited_layers(self) -> list[int]:
         return self.layers
-
-    def _fetch_moments(self, provider: Any, model: nn.Module, tokenizer) -> Mapping[int, Any]:
-        """One pass for all layers when the provider has ``get_many``, else one ``get`` per layer."""
-        if hasattr(provider, "get_many"):
-            return provider.get_many(model, tokenizer, self.layout, self.layers)
-        return super()._fetch_moments(provider, model, tokenizer)
 
     def _use_moments(self, moments: dict[int, Tensor]) -> dict[int, Tensor]:
         """``C`` per layer in float64 on the CPU, symmetrised (cached until clear_cache)."""

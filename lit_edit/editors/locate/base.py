@@ -106,7 +106,7 @@ class LocateEditor(CallbackEditor):
         context_template_seed: seed of the prefix sampling (deterministic templates).
         stats: settings of the default statistics provider (:attr:`default_stats_provider`).
         stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
-            ``C``; overrides ``stats``.
+            ``C`` (and optionally ``get_many(model, tokenizer, layout, layers)``); overrides ``stats``.
         max_length: longest templated prompt + target, in tokens.
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
@@ -185,7 +185,10 @@ class LocateEditor(CallbackEditor):
         raise NotImplementedError
 
     def _fetch_moments(self, provider: Any, model: nn.Module, tokenizer) -> Mapping[int, Any]:
-        """``C`` (or objects with ``.matrix``) per edited layer: one ``provider.get`` per layer."""
+        """``C`` (or objects with ``.matrix``) per edited layer: one ``provider.get_many`` call for all
+        of them (one corpus pass) when the provider has it, else one ``provider.get`` per layer."""
+        if hasattr(provider, "get_many"):
+            return provider.get_many(model, tokenizer, self.layout, list(self.edited_layers))
         return {layer: provider.get(model, tokenizer, self.layout, layer) for layer in self.edited_layers}
 
     # -- preparation ---------------------------------------------------------------------------
