@@ -49,7 +49,8 @@ of 100 ZsRE facts, one round, lambda 8000: w 0 / 1 / 10 / 30 -> rel 0.673 / 0.65
 0.564, loc 0.907), so only the prompt is preserved. With rounds (edit.py, w 10): lambda 8000,
 3 rounds 0.974/0.765/0.878 (0.979/0.782/0.861 without the term); lambda 12000, 4 rounds
 0.974/0.757/0.888. AlphaEdit (same z*, one round) does not gain locality from it: w 0 / 10 / 100
--> 0.846/0.665/0.844, 0.882/0.674/0.840, 0.865/0.670/0.830.
+-> 0.846/0.665/0.844, 0.882/0.674/0.840, 0.865/0.670/0.830. MEMIT with w 30, or lambda 16000 and
+more rounds, stays on the lambda-12000 trade (per-round numbers: configs/model/smollm2_135m.yaml).
 
 Question text in ``C`` (``stats.extra_corpora``, MEMIT: none). The same gap from the other
 side: add the second moment of question text to WikiText's, ``C + beta C_q``, so ``lambda C``
