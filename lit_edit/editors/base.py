@@ -66,6 +66,14 @@ class Editor(abc.ABC):
         # seconds per phase of the latest edit() call ("keys", "values", "update", ...): the
         # loop writes them next to each edit's time, which is the profile of where time goes
         self.last_timings: dict[str, float] = {}
+        # countable work of the latest edit() call, summed over its requests (ROME:
+        # "value_steps", the v*/z* forward passes): seconds alone do not say whether an edit was
+        # slow because each step was or because it took many; the loop reports both per edit
+        self.last_counts: dict[str, float] = {}
+
+    def _count(self, name: str, amount: float) -> None:
+        """Add ``amount`` to ``last_counts[name]``."""
+        self.last_counts[name] = self.last_counts.get(name, 0.0) + float(amount)
 
     @contextmanager
     def _phase(self, name: str, device: torch.device | None = None) -> Iterator[None]:

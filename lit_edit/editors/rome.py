@@ -148,6 +148,7 @@ class ROMEEditor(LocateEditor):
         solve_c = self._solver.solve if self._solver is not None else None
         self.last_updates = []
         self.last_timings = {}
+        self.last_counts = {}
         device = weight_view(module)[0].device
         try:
             for request in requests:
@@ -156,6 +157,7 @@ class ROMEEditor(LocateEditor):
                 with self._phase("values", device):
                     vt = value_targets(model, tokenizer, layout, self.layer, [request], self.templates, self.hp,
                                        max_length=self.max_length)
+                self._count("value_steps", vt.steps[0])
                 with self._phase("update", device):
                     left, right = rank_one_update(module, key, vt.values[0], solve_c)
                     add_to_weight(module, torch.outer(right, left))

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MODES = ("single", "batch", "sequential", "sequential_batch")
 EVAL_AT = ("each_edit", "end", "every_n")
 PROTOCOLS = ("teacher_forced", "generation_em")
+#: per-edit record prefix -> the summary's name of its mean over edits
+_PER_EDIT = {"edit_seconds": "seconds_per_edit", "edit_counts": "per_edit"}
 
 
 @dataclass
@@ -134,7 +136,7 @@ class EditingLoop(L.LightningModule):
         self._spectrum_pruned: list[MatrixReport] = []
         self._perplexity: PerplexityProbe | None = None
         self._model_scores: dict[str, list[float]] = defaultdict(list)  # "perplexity@end": [...]
-        self._phase_totals: dict[str, float] = {}  # "edit_seconds/values": seconds over all edits
+        self._phase_totals: dict[str, float] = {}  # "edit_seconds/values", "edit_counts/value_steps": totals over all edits
         self.summary: dict[str, Any] = {}
         self._pre: dict[tuple, Tensor] = {}
         self._edited: list[EditRequest] = []
@@ -197,6 +199,7 @@ class EditingLoop(L.LightningModule):
         seconds = self._stopwatch.last / len(batch)
         # where the editor's time went (editors that time their phases: ROME, MEMIT, ...)
         phases = {f"edit_seconds/{k}": v / len(batch) for k, v in getattr(self.editor, "last_timings", {}).items()}
+        phases.update({f"edit_counts/{k}": v / len(batch) for k, v in getattr(self.editor, "last_counts", {}).items()})
         for key, value in phases.items():
             self._phase_totals[key] = self._phase_totals.get(key, 0.0) + value * len(batch)
         self._n_edits += len(batch)
@@ -421,7 +424,7 @@ class EditingLoop(L.LightningModule):
         n = self._n_edits
         summary.update(
             seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,
-            **{f"seconds_per_edit/{k.split('/', 1)[1]}": v / n for k, v in self._phase_totals.items() if n},
+            **{f"{_PER_EDIT[k.split('/', 1)[0]]}/{k.split('/', 1)[1]}": v / n for k, v in self._phase_totals.items() if n},
             peak_memory_mb=self._peak_mb if n else None,
             evaluation_seconds=self._eval_watch.elapsed,
             n_edits=n,

@@ -107,6 +107,7 @@ class _TimedNoEdit(NoEdit):
 
     def edit(self, model, tokenizer, requests):
         self.last_timings = {"values": 2.0 * len(requests), "update": 0.5 * len(requests)}
+        self.last_counts = {"value_steps": 30.0 * len(requests)}
         return super().edit(model, tokenizer, requests)
 
 
@@ -115,5 +116,7 @@ def test_editor_phase_timings_reach_records_and_summary(tiny, requests_, tmp_pat
     summary = run(model, tok, _TimedNoEdit(), requests_[:4], tmp_path, mode="batch", batch_size=2)
     assert summary["seconds_per_edit/values"] == pytest.approx(2.0)
     assert summary["seconds_per_edit/update"] == pytest.approx(0.5)
+    assert summary["per_edit/value_steps"] == pytest.approx(30.0)
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert all(r["edit_seconds/values"] == pytest.approx(2.0) for r in records)
+    assert all(r["edit_counts/value_steps"] == pytest.approx(30.0) for r in records)

@@ -38,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
+from lit_edit.models.layouts import ModelLayout, canonical_shape, get_module, resolve
 from lit_edit.utils.forward import decoder_body, head_logits
 from lit_edit.utils.hooks import capture, patch_output
+from lit_edit.utils.precision import eager_attention, low_precision_weights
 from lit_edit.utils.replay import frozen_prefix
 from lit_edit.utils.tokens import answer_batch, tokenize_pairs
 
@@ -361,10 +362,15 @@ class ValueHParams:
             time: their delta is frozen). Requests stop at very different steps - for 100
             ZsRE facts on SmolLM2, 21 steps on average while each chunk of 25 ran to the cap
             of 40 for its slowest request. 0 never compacts; results are the same either way.
-        autocast: ``None`` (float32) or ``"bf16"``: forward and backward of the optimisation
-            under bfloat16 autocast (the deltas, Adam and the loss stay float32). The targets
-            differ from float32 ones by rounding. Measured 1.2x faster on an AVX512-BF16 CPU
-            (SmolLM2, 25 requests), so it is off by default.
+        autocast: ``None`` (float32) or ``"bf16"``: from the second step on, the forward and
+            backward run under bfloat16 autocast, with the blocks above ``layer`` and the LM
+            head on bfloat16 copies of their weights and, on CPU, eager attention
+            (:mod:`lit_edit.utils.precision`); the deltas, Adam, the softmax and the loss stay
+            float32. The first step runs in float32, so the unedited outputs (``original``, the
+            value the write starts from) and the essence distribution are exact; the targets
+            differ from float32 ones by the rounding of the steps. SmolLM2, ROME at layer 7 on a
+            2-core CPU: 0.22 s per step against 0.32 s in float32 with the same steps, and ZsRE
+            records 0-29 scored the same (configs/model/smollm2_135m.yaml).
         share_subject: requests with the same subject share one delta, optimised on all of
             their prompts. MEMIT-style batch writes key on the subject's last token, and the
             keys of "Q1 about S?" and "Q2 about S?" are nearly the same vector: separate deltas
@@ -584,6 +590,8 @@ def joint_value_targets(
             raise
         return stack
 
+    low_precision = hp.autocast == "bf16"
+    upper = [*get_module(model, layout.layers)[layer + 1:], model.get_output_embeddings()]
     opt = torch.optim.Adam(deltas, lr=hp.lr)
     group_done = torch.zeros(n_groups, dtype=torch.bool, device=device)
     done = group_done[group]  # per request: its group has stopped
@@ -606,10 +614,14 @@ def joint_value_targets(
                 # drop finished requests from the forward: their rows no longer change anything
                 hooks.close()
                 hooks = enter(torch.nonzero(~done).flatten().tolist())
+            if low_precision and step == 1:  # after the exact float32 first step (see ValueHParams.autocast)
+                outer.enter_context(low_precision_weights(upper))
+                if device.type == "cpu":  # the CPU's bf16 SDPA backward is the slow one
+                    outer.enter_context(eager_attention(model))
+                outer.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
             sub = plan.requests
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=hp.autocast == "bf16"):
-                hidden = plan.forward().last_hidden_state
-                logits = head_logits(model, hidden[plan.rows, plan.cols])
+            hidden = plan.forward().last_hidden_state
+            logits = head_logits(model, hidden[plan.rows, plan.cols])
             logits = logits.float()
             log_probs = torch.log_softmax(logits, dim=-1)
             token_nll = -log_probs[: plan.n_tok].gather(1, plan.targets[:, None]).squeeze(1)

@@ -62,6 +62,9 @@ class ValueCache:
             "templates": list(templates),
             "hp": dataclasses.asdict(hp),
             "max_length": int(max_length),
+            # bf16 targets from before the float32 first step and the bfloat16 weight copies
+            # (ValueHParams.autocast) must not be found again; float32 keys are unchanged
+            **({"autocast_scheme": 2} if hp.autocast else {}),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

@@ -1,0 +1,63 @@
+"""Run part of a model in bfloat16 for a while, and give back exactly what was there before.
+
+Optimising a value vector (ROME's ``v*``, MEMIT's ``z*``) runs the same few short rows
+through the blocks above the edited layer dozens of times. On a CPU those steps are
+matrix products with a handful of rows, whose cost is reading the weights: float32
+weights under ``torch.autocast`` are converted to bfloat16 again on every call, which
+costs more than it saves. :func:`low_precision_weights` converts them once and restores
+the float32 tensors themselves (not a round trip through bfloat16) on exit.
+:func:`eager_attention` swaps SDPA for the plain attention code meanwhile, because the CPU
+backward of bfloat16 SDPA is about ten times slower than float32's on such short rows.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@contextmanager
+def low_precision_weights(modules: Iterable[nn.Module], dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """Within the context, the matrices (parameters of 2+ dimensions) of ``modules`` are ``dtype`` copies.
+
+    Vectors (norms, biases) keep their dtype: they are cheap and norms want the precision.
+    A parameter shared by several modules (a tied LM head) is converted once. Run the
+    modules under ``torch.autocast(dtype=...)``: their inputs stay float32 otherwise.
+    """
+    swapped: list[tuple[nn.Parameter, Tensor]] = []
+    seen: set[int] = set()
+    try:
+        for module in modules:
+            for param in module.parameters():
+                if param.dim() < 2 or not param.is_floating_point() or param.dtype == dtype or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                swapped.append((param, param.data))
+                param.data = param.data.to(dtype)
+        yield
+    finally:
+        for param, data in reversed(swapped):
+            param.data = data
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Within the context, a transformers model uses its eager attention code (where it can switch).
+
+    Models that pick their attention class when built (GPT-J) cannot switch and keep theirs;
+    so do models that are not transformers ``PreTrainedModel``s.
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    can_switch = getattr(model, "_can_set_attn_implementation", None)
+    if current in (None, "eager") or not callable(can_switch) or not can_switch():
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
