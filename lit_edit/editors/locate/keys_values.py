@@ -591,7 +591,8 @@ def joint_value_targets(
         return stack
 
     low_precision = hp.autocast == "bf16"
-    upper = [*get_module(model, layout.layers)[layer + 1:], model.get_output_embeddings()]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    upper = [*get_module(model, layout.layers)[layer + 1:], *([head] if head is not None else [])]
     opt = torch.optim.Adam(deltas, lr=hp.lr)
     group_done = torch.zeros(n_groups, dtype=torch.bool, device=device)
     done = group_done[group]  # per request: its group has stopped
