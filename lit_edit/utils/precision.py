@@ -24,17 +24,16 @@ def low_precision_weights(modules: Iterable[nn.Module], dtype: torch.dtype = tor
     """Within the context, the matrices (parameters of 2+ dimensions) of ``modules`` are ``dtype`` copies.
 
     Vectors (norms, biases) keep their dtype: they are cheap and norms want the precision.
-    A parameter shared by several modules (a tied LM head) is converted once. Run the
-    modules under ``torch.autocast(dtype=...)``: their inputs stay float32 otherwise.
+    A parameter shared by several modules (a tied LM head) is converted once: the second time
+    it is already ``dtype``. Run the modules under ``torch.autocast(dtype=...)``: their inputs
+    stay float32 otherwise.
     """
     swapped: list[tuple[nn.Parameter, Tensor]] = []
-    seen: set[int] = set()
     try:
         for module in modules:
             for param in module.parameters():
-                if param.dim() < 2 or not param.is_floating_point() or param.dtype == dtype or id(param) in seen:
+                if param.dim() < 2 or not param.is_floating_point() or param.dtype == dtype:
                     continue
-                seen.add(id(param))
                 swapped.append((param, param.data))
                 param.data = param.data.to(dtype)
         yield

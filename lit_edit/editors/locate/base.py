@@ -110,8 +110,8 @@ class LocateEditor(CallbackEditor):
         max_length: longest templated prompt + target, in tokens.
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
-        v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` forward and backward
-            under bfloat16 autocast (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
+        v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` steps after a float32 first
+            one in bfloat16 (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
         v_share_subject: requests of one ``edit`` call with the same subject share one
             ``v*``/``z*`` delta (``ValueHParams.share_subject``; batch editors).
         v_cache_dir: keep optimised targets on disk there

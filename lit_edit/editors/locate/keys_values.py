@@ -591,8 +591,7 @@ def joint_value_targets(
         return stack
 
     low_precision = hp.autocast == "bf16"
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    upper = [*get_module(model, layout.layers)[layer + 1:], *([head] if head is not None else [])]
+    upper = [*get_module(model, layout.layers)[layer + 1:], model.get_output_embeddings()]  # as head_logits reads it
     opt = torch.optim.Adam(deltas, lr=hp.lr)
     group_done = torch.zeros(n_groups, dtype=torch.bool, device=device)
     done = group_done[group]  # per request: its group has stopped
