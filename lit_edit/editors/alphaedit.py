@@ -41,7 +41,7 @@ keys used for the update are those same keys). :meth:`edit` returns an
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -152,18 +152,18 @@ class AlphaEditEditor(MEMITEditor):
         return AlphaEditSnapshot(plain.params, self)
 
     # -- editing ---------------------------------------------------------------------------------
-    def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor, context: Tensor | None = None) -> Tensor:
+    def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor,
+                     preserved: Sequence[tuple[Tensor, float]] = ()) -> Tensor:
         """AlphaEdit's projected update: ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + L2·I)⁻¹.
 
-        The prompts' context keys (``context_preserve_weight``) join the past keys ``K_p``, the
-        term AlphaEdit already has for outputs that must stay, scaled so each weighs ``w``.
+        Further preserved keys (the prompts' context, ``context_preserve_weight``; the subject
+        frames) join the past keys ``K_p``, the term AlphaEdit already has for outputs that must
+        stay, scaled so each weighs its ``w``.
         """
         assert self.projections is not None
-        preserved = self.past_keys.get(layer)
-        if context is not None and self.context_preserve_weight:
-            scaled = context.detach().float().cpu() * self.context_preserve_weight ** 0.5
-            preserved = scaled if preserved is None else torch.cat([preserved, scaled])
-        return alphaedit_update(keys, residual, self.projections[layer], self.L2, preserved)
+        kept = [self.past_keys[layer]] if layer in self.past_keys else []
+        kept += [rows.detach().float().cpu() * w ** 0.5 for rows, w in preserved if w]
+        return alphaedit_update(keys, residual, self.projections[layer], self.L2, torch.cat(kept) if kept else None)
 
     def _after_edit(self, updates: list[LayerUpdate]) -> None:
         """Remember this edit's keys so later edits leave them alone (sequential editing)."""

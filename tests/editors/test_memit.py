@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_edit.editors.locate.keys_values import prompt_context_keys
+from lit_edit.editors.locate.keys_values import compute_keys, prompt_context_keys
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
@@ -385,9 +385,13 @@ def test_memit_update_with_preserved_keys_matches_the_explicit_formula():
     keys, resid, kept = torch.randn(3, 6, generator=gen), torch.randn(3, 4, generator=gen), torch.randn(5, 6, generator=gen)
     c = torch.eye(6, dtype=torch.float64) * 0.5
     k, r, p = keys.double().T, resid.double().T, kept.double().T
-    delta = memit_update(keys, resid, 2.0, c, kept, 3.0)
+    delta = memit_update(keys, resid, 2.0, c, [(kept, 3.0)])
     assert torch.allclose(delta, r @ k.T @ torch.linalg.inv(2.0 * c + 3.0 * p @ p.T + k @ k.T), atol=1e-10)
-    assert torch.allclose(memit_update(keys, resid, 2.0, c, kept, 0.0), memit_update(keys, resid, 2.0, c), atol=0)
+    assert torch.allclose(memit_update(keys, resid, 2.0, c, [(kept, 0.0)]), memit_update(keys, resid, 2.0, c), atol=0)
+    more = torch.randn(2, 6, generator=gen)
+    q = more.double().T
+    two = memit_update(keys, resid, 2.0, c, [(kept, 3.0), (more, 0.5)])
+    assert torch.allclose(two, r @ k.T @ torch.linalg.inv(2.0 * c + 3.0 * p @ p.T + 0.5 * q @ q.T + k @ k.T), atol=1e-10)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -410,3 +414,32 @@ def test_context_preservation_leaves_the_prompts_other_tokens_alone_and_still_ed
     assert moved[100.0] < 0.2 * moved[0.0]
     with pytest.raises(ValueError, match="context_preserve_weight must be >= 0"):
         memit(context_preserve_weight=-1.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_subject_frames_make_the_write_act_alike_on_the_subject_in_other_frames(tiny, arch, facts_ending_with_subject,
+                                                                               argmax_next):
+    reqs = facts_ending_with_subject
+    frames = ["{}", "Tell me about {}", "Is it true that {}"]
+    spread = {}
+    for weight in (0.0, 100.0):
+        model, tok = tiny(arch)
+        layout = layout_for(model)
+        framed = [dataclasses.replace(r, prompt=f.replace("{}", r.subject)) for r in reqs for f in frames]
+        at_frames = compute_keys(model, tok, layout, 1, framed, ["{}"]).view(len(reqs), len(frames), -1).double()
+        editor = memit(layers=[1], mom2_update_weight=1e-2, subject_frames=frames, frame_weight=weight)
+        editor.edit(model, tok, reqs)
+        (update,) = editor.last_updates
+        keys = update.keys.double()
+        # how differently the write acts on the subject in the frames than at the edit key, relative to what it writes
+        spread[weight] = float((update.delta @ (at_frames - keys[:, None]).flatten(0, 1).T).norm()
+                               / (update.delta @ keys.T).norm())
+        for r in reqs:
+            assert argmax_next(model, tok, r.prompt) == tok(" " + r.target_new)["input_ids"][0]
+    assert spread[100.0] < 0.5 * spread[0.0]
+    with pytest.raises(ValueError, match="exactly once"):
+        memit(subject_frames=["About the subject"], frame_weight=1.0)
+    with pytest.raises(ValueError, match="frame_weight must be >= 0"):
+        memit(subject_frames=frames, frame_weight=-1.0)
+    with pytest.raises(ValueError, match="needs subject_frames"):
+        memit(frame_weight=1.0)
