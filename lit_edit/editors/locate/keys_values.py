@@ -591,7 +591,6 @@ def joint_value_targets(
         return stack
 
     low_precision = hp.autocast == "bf16"
-    upper = [*get_module(model, layout.layers)[layer + 1:], model.get_output_embeddings()]  # as head_logits reads it
     opt = torch.optim.Adam(deltas, lr=hp.lr)
     group_done = torch.zeros(n_groups, dtype=torch.bool, device=device)
     done = group_done[group]  # per request: its group has stopped
@@ -615,6 +614,8 @@ def joint_value_targets(
                 hooks.close()
                 hooks = enter(torch.nonzero(~done).flatten().tolist())
             if low_precision and step == 1:  # after the exact float32 first step (see ValueHParams.autocast)
+                # the blocks above the layer and the head, read as head_logits reads it
+                upper = [*get_module(model, layout.layers)[layer + 1:], model.get_output_embeddings()]
                 outer.enter_context(low_precision_weights(upper))
                 if device.type == "cpu":  # the CPU's bf16 SDPA backward is the slow one
                     outer.enter_context(eager_attention(model))
