@@ -100,8 +100,8 @@ from torch import Tensor, nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import WeightSnapshot
 from lit_edit.editors.locate.base import LocateEditor
-from lit_edit.editors.locate.keys_values import (ValueTargets, compute_keys, prompt_context_keys, subject_states,
-                                                 value_targets)
+from lit_edit.editors.locate.keys_values import (ValueTargets, compute_keys, fill_template, prompt_context_keys,
+                                                 subject_states, value_targets)
 from lit_edit.models.layouts import ModelLayout, add_to_weight, resolve
 
 #: MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
@@ -311,7 +311,7 @@ class MEMITEditor(LocateEditor):
         keys = compute_keys(model, tokenizer, layout, layer, requests, self.templates)
         if not self.frame_weight:
             return keys, None
-        framed = [EditRequest(prompt=frame.replace("{}", r.subject), target_new=r.target_new, subject=r.subject,
+        framed = [EditRequest(prompt=fill_template(frame, r.subject), target_new=r.target_new, subject=r.subject,
                               source=r.source) for r in requests for frame in self.subject_frames]
         at_frames = compute_keys(model, tokenizer, layout, layer, framed, ["{}"])
         return keys, (at_frames.view(len(requests), len(self.subject_frames), -1) - keys[:, None]).flatten(0, 1)
