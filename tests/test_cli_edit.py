@@ -51,3 +51,19 @@ def test_train_refuses_training_free_editor(tmp_path):
                           "editor=ft_m", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode != 0 and "training-free" in out.stderr
+
+
+def test_value_ceiling_mode_writes_its_table_and_never_overwrites(tmp_path, shared_data):
+    common = ("data=zsre", "data.limit=2", "logger=none", "editor.mom2_adjustment=false",
+              "editor.v_num_grad_steps=3")
+    out = edit(tmp_path, "mode=value_ceiling", "editor=rome", *common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "ceiling.json").read_text())
+    assert result["editor"] == "rome" and result["requests"] == 2 and [r["scale"] for r in result["rows"]] == [0.0, 1.0]
+    assert "Value ceiling at" in (tmp_path / "ceiling.md").read_text() and "| edit prompt |" in out.stdout
+    again = edit(tmp_path, "mode=value_ceiling", "editor=rome", *common)
+    assert again.returncode != 0 and "already holds results" in again.stderr
+    out = edit(tmp_path / "b", "mode=value_ceiling", "editor=ft_m", "data.limit=1", "logger=none")
+    assert out.returncode != 0 and "needs a locate-then-edit editor" in out.stderr
+    out = edit(tmp_path / "c", "mode=bogus", "editor=ft_m", "data.limit=1", "logger=none")
+    assert out.returncode != 0 and "mode='bogus' is not a mode" in out.stderr

@@ -42,7 +42,17 @@ def build_datamodule(cfg: DictConfig, eval_cfg: EvalConfig) -> EditDataModule:
 
 
 def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Edit + evaluate as configured; writes records.jsonl / summary.{json,md,png} to ``run_dir``."""
+    """Edit + evaluate as configured; writes records.jsonl / summary.{json,md,png} to ``run_dir``.
+
+    ``mode=value_ceiling`` runs the value-ceiling diagnostic instead (:mod:`lit_edit.cli.ceiling`).
+    """
+    mode = cfg.get("mode", "edit")
+    if mode == "value_ceiling":
+        from lit_edit.cli.ceiling import run_value_ceiling
+
+        return run_value_ceiling(cfg, run_dir)
+    if mode != "edit":
+        raise ValueError(f"mode={mode!r} is not a mode of edit.py; use 'edit' or 'value_ceiling'")
     existing = [n for n in ("summary.json", "records.jsonl") if (Path(run_dir) / n).exists()]
     if existing:
         raise FileExistsError(f"{run_dir} already holds results ({', '.join(existing)}); "

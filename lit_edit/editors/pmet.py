@@ -54,6 +54,12 @@ class PMETEditor(MEMITEditor):
         self.last_attention_targets = found["attn_out"]
         return found["mlp_out"]
 
+    @property
+    def value_site(self) -> tuple[str, int]:
+        """The FFN half of PMET's joint target: a ceiling measured here leaves out the attention
+        delta optimised with it (``last_attention_targets``), so it understates the joint target."""
+        return "mlp_out", self.layers[-1]
+
     def _current_z(self, model: nn.Module, tokenizer, layout: ModelLayout, requests: Sequence[EditRequest]) -> Tensor:
         return subject_states(model, tokenizer, layout, "mlp_out", self.layers[-1], requests, self.templates,
                               what="output")

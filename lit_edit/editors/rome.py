@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import WeightSnapshot
 from lit_edit.editors.locate.base import CachedStatsProvider, LocateEditor, SecondMomentProvider
-from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, compute_keys, value_targets
+from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueTargets, compute_keys, value_targets
 from lit_edit.models.layouts import add_to_weight, resolve, weight_view
 
 __all__ = ["CachedStatsProvider", "CholeskySolver", "ROMEEditor", "RankOneUpdate", "SecondMomentProvider",
@@ -140,6 +140,17 @@ class ROMEEditor(LocateEditor):
         return self._prepared_moments
 
     # -- editing ---------------------------------------------------------------------------------
+    @property
+    def value_site(self) -> tuple[str, int]:
+        return "mlp_out", self.layer
+
+    def initial_value_targets(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> ValueTargets:
+        """``v*`` of every request on ``model`` as it is (``edit`` optimises each after the previous write)."""
+        layout = self.ensure_prepared(model, tokenizer)
+        self._require_subjects(requests)
+        return value_targets(model, tokenizer, layout, self.layer, list(requests), self.templates, self.hp,
+                             max_length=self.max_length, chunk_size=self.v_chunk_size)
+
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
         layout = self.ensure_prepared(model, tokenizer)
         module = resolve(model, "mlp_out", self.layer, layout)

@@ -443,3 +443,21 @@ def test_subject_frames_make_the_write_act_alike_on_the_subject_in_other_frames(
         memit(subject_frames=frames, frame_weight=-1.0)
     with pytest.raises(ValueError, match="needs subject_frames"):
         memit(frame_weight=1.0)
+
+
+def test_layer_weights_share_the_residual_over_the_layers(tiny, facts_ending_with_subject):
+    model, tok = tiny("llama")
+    reqs = facts_ending_with_subject
+    even, weighted = memit(), memit(layer_weights=[3.0, 1.0])
+    assert [even._residual_share(i) for i in range(2)] == [0.5, 1.0]
+    assert [memit(layer_weights=[2.0, 2.0])._residual_share(i) for i in range(2)] == [0.5, 1.0]
+    weighted.edit(model, tok, reqs)
+    first, last = weighted.last_updates
+    target = weighted.last_targets.values.double()
+    # the first layer takes 3/4 of z* - z, the last whatever is left after it
+    assert torch.allclose(first.residual, 0.75 * (target - first.z.double()), atol=1e-6)
+    assert torch.allclose(last.residual, target - last.z.double(), atol=1e-6)
+    with pytest.raises(ValueError, match="layer_weights has 3 entries"):
+        memit(layer_weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="must be positive"):
+        memit(layer_weights=[1.0, 0.0])

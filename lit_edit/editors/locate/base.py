@@ -180,6 +180,16 @@ class LocateEditor(CallbackEditor):
         """The blocks whose ``mlp_out`` this editor writes, ascending."""
         raise NotImplementedError
 
+    @property
+    def value_site(self) -> tuple[str, int]:
+        """``(layout module, layer)`` whose output at the subject's last token holds the value
+        target (read by the value-ceiling diagnostic, :mod:`lit_edit.editors.locate.ceiling`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no value site")
+
+    def initial_value_targets(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> ValueTargets:
+        """The value targets the first write of an edit of ``requests`` aims at, on ``model`` as it is."""
+        raise NotImplementedError(f"{type(self).__name__} has no value targets")
+
     def _use_moments(self, moments: dict[int, Tensor]) -> Any:
         """What the editor keeps of ``C`` per edited layer (checked ``[d_in, d_in]``), cached until clear_cache."""
         raise NotImplementedError
