@@ -99,3 +99,16 @@ def test_chunked_value_optimisation_gives_the_same_targets(tiny, requests_):
     for name in whole:
         assert torch.allclose(whole[name].values, parts[name].values, atol=1e-5)
         assert whole[name].steps == parts[name].steps
+
+
+def test_value_ceiling_site_is_the_ffn_half_of_the_joint_target(tiny, facts_ending_with_subject):
+    from lit_edit.editors.locate.ceiling import value_ceiling
+
+    model, tok = tiny("llama")
+    editor = pmet()
+    targets = editor.initial_value_targets(model, tok, facts_ending_with_subject)
+    assert editor.value_site == ("mlp_out", LAYERS[-1])
+    assert editor.last_attention_targets is not None  # optimised with it, left out of the ceiling
+    zero, one = value_ceiling(model, tok, editor.layout, *editor.value_site, facts_ending_with_subject,
+                              targets.delta)
+    assert one.prompt > zero.prompt
