@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_edit.cli.common import build_model
+from lit_edit.cli.common import build_model, refuse_existing_results
 from lit_edit.editors.locate.base import LocateEditor
 from lit_edit.editors.locate.ceiling import ceiling_table, value_ceiling
 from lit_edit.evaluation.loop import EvalConfig
@@ -27,10 +27,7 @@ def run_value_ceiling(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from lit_edit.cli.edit import build_datamodule, build_editor
 
     out = Path(run_dir)
-    existing = [n for n in ("ceiling.json", "ceiling.md") if (out / n).exists()]
-    if existing:
-        raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); "
-                              "choose another hydra.run.dir - results are never overwritten")
+    refuse_existing_results(out, ("ceiling.json", "ceiling.md"))
     editor = build_editor(cfg)
     if not isinstance(editor, LocateEditor):
         raise TypeError(f"mode=value_ceiling needs a locate-then-edit editor with a value target "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
@@ -23,6 +24,14 @@ def build_model(cfg: DictConfig) -> tuple[Any, Any, ModelLayout]:
     overrides = cfg.model.get("layout")
     layout = layout_for(model, OmegaConf.to_container(overrides, resolve=True) if overrides else None)
     return model, tokenizer, layout
+
+
+def refuse_existing_results(run_dir: str | Path, names: Sequence[str]) -> None:
+    """Raise if ``run_dir`` already holds any of ``names``: a run never overwrites results."""
+    existing = [n for n in names if (Path(run_dir) / n).exists()]
+    if existing:
+        raise FileExistsError(f"{run_dir} already holds results ({', '.join(existing)}); "
+                              "choose another hydra.run.dir - results are never overwritten")
 
 
 def build_logger(cfg: DictConfig) -> Any:

@@ -11,7 +11,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from lit_edit.cli.common import build_logger, build_model, build_trainer, split_prune
+from lit_edit.cli.common import build_logger, build_model, build_trainer, refuse_existing_results, split_prune
 from lit_edit.data.datamodule import EditDataModule
 from lit_edit.editors.base import Editor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
@@ -53,10 +53,7 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         return run_value_ceiling(cfg, run_dir)
     if mode != "edit":
         raise ValueError(f"mode={mode!r} is not a mode of edit.py; use 'edit' or 'value_ceiling'")
-    existing = [n for n in ("summary.json", "records.jsonl") if (Path(run_dir) / n).exists()]
-    if existing:
-        raise FileExistsError(f"{run_dir} already holds results ({', '.join(existing)}); "
-                              "choose another hydra.run.dir - results are never overwritten")
+    refuse_existing_results(run_dir, ("summary.json", "records.jsonl"))
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)

@@ -20,14 +20,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.keys_values import subject_last_token_positions
+from lit_edit.evaluation.metrics import token_accuracy
+from lit_edit.evaluation.scoring import teacher_forced
 from lit_edit.models.layouts import ModelLayout, resolve
 from lit_edit.utils.hooks import patch_output
-from lit_edit.utils.tokens import tokenize_pairs
+from lit_edit.utils.tokens import TokenizedPairs, tokenize_pairs
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,36 @@ class CeilingRow:
         return asdict(self)
 
 
-def _patched_accuracy(model: nn.Module, tokenizer, site: nn.Module, prompt: str, subject: str, target: str,
-                      delta: Tensor, max_length: int) -> float:
-    """Teacher-forced token accuracy of ``target`` after ``prompt`` with ``delta`` added to
-    ``site``'s output at the subject's last token (``delta`` zero: the unedited model)."""
-    pos = subject_last_token_positions(tokenizer, [prompt], [subject])[0]
+@dataclass(frozen=True)
+class _Probe:
+    """One (prompt, target) probe of request ``request``, tokenised once for every scale."""
+
+    request: int
+    pairs: TokenizedPairs  # the one pair
+    position: int  # the subject's last token in ``pairs.ids[0]``
+
+
+def _probe(tokenizer, request: int, prompt: str, subject: str, target: str, max_length: int) -> _Probe:
     pairs = tokenize_pairs(tokenizer, [prompt], [target], max_length)
-    ids, n_prompt = pairs.ids[0], pairs.n_prompt[0]
-    shift = len(tokenizer(prompt, add_special_tokens=True)["input_ids"]) - n_prompt  # left truncation
-    pos -= shift
-    device = next(model.parameters()).device
+    position = subject_last_token_positions(tokenizer, [prompt], [subject])[0]
+    untruncated = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return _Probe(request, pairs, position - (untruncated - pairs.n_prompt[0]))  # tokenize_pairs cuts on the left
+
+
+def _patched_accuracy(model: nn.Module, site: nn.Module, probe: _Probe, delta: Tensor, pad_id: int) -> float:
+    """Teacher-forced token accuracy of the probe's target with ``delta`` added to ``site``'s
+    output at the subject's last token (``delta`` zero: the unedited model)."""
 
     def add(hidden: Tensor) -> Tensor | None:
-        if pos < 0:
+        if probe.position < 0:  # the subject was cut off with the prompt's start
             return None
         hidden = hidden.clone()
-        hidden[0, pos] += delta.to(device=hidden.device, dtype=hidden.dtype)
+        hidden[0, probe.position] += delta.to(device=hidden.device, dtype=hidden.dtype)
         return hidden
 
-    with torch.no_grad(), patch_output(site, add):
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, n_prompt - 1: len(ids) - 1]
-    answer = torch.tensor(ids[n_prompt:], device=logits.device)
-    return float((logits.argmax(-1) == answer).float().mean())
+    with patch_output(site, add):
+        scored = teacher_forced(model, probe.pairs, pad_id=pad_id)
+    return float(token_accuracy(scored.pred_ids, scored.label_ids, scored.mask)[0])
 
 
 def value_ceiling(model: nn.Module, tokenizer, layout: ModelLayout, module: str, layer: int,
@@ -82,19 +91,15 @@ def value_ceiling(model: nn.Module, tokenizer, layout: ModelLayout, module: str,
     if deltas.shape[0] != len(requests):
         raise ValueError(f"{deltas.shape[0]} deltas for {len(requests)} requests")
     site = resolve(model, module, layer, layout)
+    prompts = [_probe(tokenizer, i, r.prompt, r.subject, r.target_new, max_length) for i, r in enumerate(requests)]
+    rephrases = [_probe(tokenizer, i, p, r.subject, r.target_new, max_length)
+                 for i, r in enumerate(requests) for p in r.rephrase_prompts if r.subject in p]
+    skipped = sum(len(r.rephrase_prompts) for r in requests) - len(rephrases)
     rows = []
     for scale in scales:
-        on_prompt, on_rephrase, skipped = [], [], 0
-        for request, delta in zip(requests, deltas):
-            d = delta.float() * float(scale)
-            on_prompt.append(_patched_accuracy(model, tokenizer, site, request.prompt, request.subject,
-                                               request.target_new, d, max_length))
-            for rephrase in request.rephrase_prompts:
-                if request.subject not in rephrase:
-                    skipped += 1
-                    continue
-                on_rephrase.append(_patched_accuracy(model, tokenizer, site, rephrase, request.subject,
-                                                     request.target_new, d, max_length))
+        on_prompt, on_rephrase = [[_patched_accuracy(model, site, probe, deltas[probe.request].float() * float(scale),
+                                                     tokenizer.pad_token_id) for probe in probes]
+                                  for probes in (prompts, rephrases)]
         rows.append(CeilingRow(
             scale=float(scale), prompt=sum(on_prompt) / max(len(on_prompt), 1),
             rephrase=sum(on_rephrase) / len(on_rephrase) if on_rephrase else None,
