@@ -88,8 +88,20 @@ and ``[0.10, 0.11, 0.38, 0.21, 0.22]`` (``w ~ cost^-2``) 0.475/0.369/0.930, agai
 the gain, as with the terms above: ``[0.7, 0.7, 1.4, 1, 1]`` 0.967/0.742/0.888 against
 0.974/0.757/0.888. So it is off in SmolLM2's tuned values.
 
+Templates after the prompt (``extra_context_templates``, MEMIT: none). MEMIT optimises ``z*`` on
+the prompt behind generated prefixes, so the target always follows the prompt's own last words.
+ZsRE's prompts end at the subject ("... of Barack Obama?"), and a rephrase often puts words
+between the subject and the answer ("Barack Obama is a citizen of which country?"), which such a
+``z*`` was never asked to carry the fact across. Templates such as ``"{} Answer:"`` do ask it; the
+key at the subject is the same (causal attention), so only ``z*`` changes. On SmolLM2 (ZsRE 0-99,
+tuned values) the ``z*`` alone makes the rephrases say the target 0.849 of the time against 0.793
+(value ceiling, records 0-39) and the batch write, four rounds, gives 0.983/0.788/0.890 against
+0.974/0.747/0.894: generalization +0.04 for locality -0.004, where every lever above traded
+0.04 for 0.01. Three rounds then give 0.960/0.764/0.900.
+
 Deviations from the MEMIT code, all deliberate (``rounds: 1``, ``v_share_subject: false``,
-``context_preserve_weight: 0``, ``frame_weight: 0`` and ``layer_weights: null`` give MEMIT's algorithm):
+``context_preserve_weight: 0``, ``frame_weight: 0``, ``layer_weights: null`` and
+``extra_context_templates: []`` give MEMIT's algorithm):
 - Keys are a plain mean over the context templates (MEMIT averages within the group
   ``["{}"]`` and within the generated group, then over the two groups, so the bare prompt
   weighs 1/2; here it weighs 1/len(templates)).
@@ -197,7 +209,8 @@ class MEMITEditor(LocateEditor):
             ``v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss``
             (the ``z*`` optimisation), ``mom2_adjustment`` (``C`` of keys, True in MEMIT, or ``C = I``),
             ``context_template_length_params`` (MEMIT: ``[[10, 5]]``, the default),
-            ``context_templates, context_template_seed, stats`` (for :class:`CachedStatsProvider`),
+            ``context_templates, extra_context_templates`` (see the module docstring),
+            ``context_template_seed, stats`` (for :class:`CachedStatsProvider`),
             ``stats_provider`` (may also have ``get_many(model, tokenizer, layout, layers)``),
             ``max_length, name``.
     """

@@ -204,6 +204,24 @@ def test_context_templates_are_deterministic_and_cached(tiny):
     assert editor.templates is cached
 
 
+def test_extra_context_templates_are_appended_checked_and_keep_the_subject_key(tiny, requests_):
+    model, tok = tiny("llama")
+    generated = rome(context_templates=None, context_template_length_params=[[5, 2]],
+                     extra_context_templates=["{} Answer:"], v_num_grad_steps=1)
+    generated.prepare(model, tok)
+    assert len(generated.templates) == 4 and generated.templates[-1] == "{} Answer:"
+    fixed = rome(extra_context_templates=["Q: {} A:"])
+    fixed.prepare(model, tok)
+    assert fixed.templates == TEMPLATES + ["Q: {} A:"]
+    with pytest.raises(ValueError, match="exactly one"):
+        rome(extra_context_templates=["no placeholder"])  # at construction, not at the first edit
+    # text after the prompt cannot change the key at the subject's last token (causal attention)
+    layout = layout_for(model)
+    bare = kv.compute_keys(model, tok, layout, LAYER, requests_[:2], ["{}"])
+    suffixed = kv.compute_keys(model, tok, layout, LAYER, requests_[:2], ["{} Answer:"])
+    torch.testing.assert_close(suffixed, bare, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("layer", [LAYER, 3])  # 3: the last block
 def test_keys_match_a_plain_forward(tiny, requests_, arch, layer):

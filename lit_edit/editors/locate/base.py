@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
-from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueHParams, ValueTargets, context_templates
+from lit_edit.editors.locate.keys_values import (ROME_LENGTH_PARAMS, ValueHParams, ValueTargets, context_templates,
+                                                 split_template)
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
 
@@ -103,6 +104,11 @@ class LocateEditor(CallbackEditor):
         context_template_length_params: ``[[prefix_tokens, how_many], ...]`` of generated
             prefixes, besides the bare prompt (default: the class's ``default_length_params``).
         context_templates: a fixed list of templates (each with one ``{}``) instead.
+        extra_context_templates: templates appended to the generated (or fixed) ones, e.g. with
+            text *after* the prompt (``"{} Answer:"``): a ``v*``/``z*`` trained only on prompts
+            that end right after the subject never has to carry the fact across words between
+            the subject and the answer, which a rephrase often puts there. The generated
+            prefixes come before the prompt and cannot teach that. Empty (ROME, MEMIT): none.
         context_template_seed: seed of the prefix sampling (deterministic templates).
         stats: settings of the default statistics provider (:attr:`default_stats_provider`).
         stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
@@ -140,6 +146,7 @@ class LocateEditor(CallbackEditor):
         v_stop_on: str = "loss",
         context_template_length_params: Sequence[Sequence[int]] | None = None,
         context_templates: Sequence[str] | None = None,
+        extra_context_templates: Sequence[str] = (),
         context_template_seed: int = 0,
         stats: Mapping[str, Any] | None = None,
         stats_provider: SecondMomentProvider | None = None,
@@ -162,6 +169,9 @@ class LocateEditor(CallbackEditor):
             context_template_length_params = self.default_length_params
         self.context_template_length_params = [tuple(int(x) for x in p) for p in context_template_length_params]
         self.fixed_templates = list(context_templates) if context_templates is not None else None
+        self.extra_templates = [str(t) for t in extra_context_templates]
+        for template in self.extra_templates:
+            split_template(template)  # exactly one "{}", else a readable error now, not at the first edit
         self.context_template_seed = int(context_template_seed)
         self.stats = dict(stats or {})
         self.stats_provider = stats_provider
@@ -211,7 +221,7 @@ class LocateEditor(CallbackEditor):
             self.templates = context_templates(
                 model, tokenizer, length_params=self.context_template_length_params,
                 seed=self.context_template_seed, fixed=self.fixed_templates,
-            )
+            ) + self.extra_templates
             # logged under the subclass's module (lit_edit.editors.rome / .memit), as before
             logging.getLogger(type(self).__module__).info("%s context templates: %s", self.algorithm, self.templates)
         if self.mom2_adjustment and self._prepared_moments is None:
