@@ -148,7 +148,11 @@ class ROMEEditor(LocateEditor):
         """``v*`` of every request on ``model`` as it is (``edit`` optimises each after the previous write)."""
         layout = self.ensure_prepared(model, tokenizer)
         self._require_subjects(requests)
-        return value_targets(model, tokenizer, layout, self.layer, list(requests), self.templates, self.hp,
+        return self._value_targets(model, tokenizer, layout, list(requests))
+
+    def _value_targets(self, model: nn.Module, tokenizer, layout, requests: Sequence[EditRequest]) -> ValueTargets:
+        """``v*`` at ``mlp_out`` of the layer, the one place ROME's settings reach the optimisation."""
+        return value_targets(model, tokenizer, layout, self.layer, requests, self.templates, self.hp,
                              max_length=self.max_length, chunk_size=self.v_chunk_size)
 
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
@@ -166,8 +170,7 @@ class ROMEEditor(LocateEditor):
                 with self._phase("keys", device):
                     key = compute_keys(model, tokenizer, layout, self.layer, [request], self.templates)[0]
                 with self._phase("values", device):
-                    vt = value_targets(model, tokenizer, layout, self.layer, [request], self.templates, self.hp,
-                                       max_length=self.max_length)
+                    vt = self._value_targets(model, tokenizer, layout, [request])
                 self._count("value_steps", vt.steps[0])
                 with self._phase("update", device):
                     left, right = rank_one_update(module, key, vt.values[0], solve_c)
