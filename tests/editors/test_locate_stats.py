@@ -193,6 +193,17 @@ def test_cache_hit_skips_the_model(tiny, corpus, tmp_path, monkeypatch):
     assert stats.get(model, tok, layout, 3, cfg, "org/tiny").source == "disk"
 
 
+def test_short_corpus_warns_when_computing_not_when_loading(tiny, corpus, tmp_path):
+    model, tok = tiny("gpt2")
+    layout, cfg = layout_for(model), _cfg(corpus, n_samples=50, max_length=64)  # the corpus has 7
+    with pytest.warns(UserWarning, match="only 7 documents; computing the statistics from all of them, not 50"):
+        first = SecondMomentStats(tmp_path, progress=False).get(model, tok, layout, 3, cfg, "org/tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cached result says nothing about a shortfall it already has
+        loaded = SecondMomentStats(tmp_path, progress=False).get(model, tok, layout, 3, cfg, "org/tiny")
+    assert loaded.source == "disk" and loaded.n_tokens == first.n_tokens
+
+
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

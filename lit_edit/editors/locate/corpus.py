@@ -193,14 +193,20 @@ def all_documents(source: str, data_root: str | None = None, unit: Unit = "auto"
     return docs
 
 
-def text_samples(source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
-    """The first ``n_samples`` documents of ``source`` (all of them, with a warning, if fewer)."""
+def text_samples(
+    source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto", warn: bool = True
+) -> list[str]:
+    """The first ``n_samples`` documents of ``source`` (all of them, with a warning if ``warn``, if fewer).
+
+    Callers that only hash the selection (a cache lookup) pass ``warn=False``: the shortfall
+    matters when statistics are computed from it, not on every load of a cached result.
+    """
     if int(n_samples) <= 0:
         raise ValueError(f"n_samples must be positive, got {n_samples}")
     docs = all_documents(source, data_root, unit)
     if not docs:
         raise ValueError(f"corpus {source!r} contains no text")
-    if len(docs) < n_samples:
+    if warn and len(docs) < n_samples:
         warnings.warn(f"corpus {source!r} has only {len(docs)} documents; using all of them, not {n_samples}")
     return docs[: int(n_samples)]
 
@@ -217,4 +223,4 @@ def texts_id(texts: list[str]) -> str:
 
 def corpus_id(source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> str:
     """Content hash of the texts :func:`text_samples` selects (changes whenever they do)."""
-    return texts_id(text_samples(source, n_samples, data_root, unit))
+    return texts_id(text_samples(source, n_samples, data_root, unit, warn=False))

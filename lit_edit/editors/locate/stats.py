@@ -280,6 +280,9 @@ class SecondMomentStats:
                 missing.append(entry)
 
         if missing:
+            if len(texts) < int(cfg.n_samples):
+                warnings.warn(f"corpus {cfg.corpus!r} has only {len(texts)} documents; computing the statistics "
+                              f"from all of them, not {int(cfg.n_samples)}")
             t = time.perf_counter()
             sums, n_tokens = self._accumulate(model, tokenizer, texts, [e.module for e in missing], cfg,
                                               max_length, model_id, device)
@@ -309,7 +312,7 @@ class SecondMomentStats:
         """Selected texts and their content id, re-read whenever the source files change."""
         memo = (cfg.corpus, int(cfg.n_samples), cfg.data_root, source_signature(cfg.corpus, cfg.data_root))
         if memo not in self._corpora:
-            texts = text_samples(cfg.corpus, int(cfg.n_samples), cfg.data_root)
+            texts = text_samples(cfg.corpus, int(cfg.n_samples), cfg.data_root, warn=False)
             self._corpora[memo] = (texts, texts_id(texts))
         return self._corpora[memo]
 
