@@ -41,6 +41,9 @@ class PMETEditor(MEMITEditor):
     algorithm = "PMET"
 
     def __init__(self, **settings: Any) -> None:
+        if settings.get("layer_weights") is not None:
+            raise ValueError("PMET shares the residual over its layers by 1/sqrt(remaining layers); "
+                             "layer_weights is MEMIT's rule and PMET would ignore it, so it is refused")
         super().__init__(**settings)
         # diagnostics of the latest edit: the attention-output target that was optimised
         # alongside the MLP one but is not written

@@ -180,6 +180,7 @@ def test_config_builds_the_editor(editor_from_config):
     assert editor.hp.num_grad_steps == 25 and editor.hp.lr == 0.1 and editor.hp.clamp_norm_factor == 0.75
     assert editor.context_template_length_params == [(10, 5)]
     assert editor.projections is None and editor.past_keys == {}
+    assert editor.frame_weight == 0 and editor.subject_frames == [] and editor.layer_weights is None
 
 
 def test_two_rounds_remember_each_request_key_once(tiny, requests_, random_text_second_moment):

@@ -83,6 +83,11 @@ def test_config_builds_the_editor(editor_from_config, fake_stats):
     assert editor.mom2_update_weight == 15000 and editor.context_template_length_params == [(10, 5)]
 
 
+def test_layer_weights_are_refused_not_ignored():
+    with pytest.raises(ValueError, match="PMET shares the residual"):
+        pmet(layer_weights=[1.0, 2.0])
+
+
 def test_failed_batch_leaves_model_unchanged(check_failed_batch_is_undone):
     check_failed_batch_is_undone(pmet())
 
