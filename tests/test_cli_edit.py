@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+from omegaconf import OmegaConf
+
+from lit_edit.cli.common import build_trainer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +39,7 @@ def test_edit_writes_summary_records_and_wandb_run(tmp_path, shared_data):
     assert 0.0 <= summary["reliability"] <= 1.0 and summary["seconds_per_edit"] > 0
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 3
     assert "| reliability |" in out.stdout
+    assert "Testing DataLoader 0: 100%" in out.stdout  # a tqdm bar: the output is a pipe, not a terminal
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run directory"
     # a second run into the same directory must not overwrite the results
     again = edit(tmp_path, "editor=ft_m", "data=zsre", "data.limit=3", "logger=none")
@@ -67,3 +75,22 @@ def test_value_ceiling_mode_writes_its_table_and_never_overwrites(tmp_path, shar
     assert out.returncode != 0 and "needs a locate-then-edit editor" in out.stderr
     out = edit(tmp_path / "c", "mode=bogus", "editor=ft_m", "data.limit=1", "logger=none")
     assert out.returncode != 0 and "mode='bogus' is not a mode" in out.stderr
+
+
+def test_progress_bar_is_tqdm_unless_a_terminal_and_a_given_one_is_kept():
+    cfg = OmegaConf.create({"trainer": {"_target_": "lightning.Trainer", "accelerator": "cpu", "devices": 1,
+                                        "enable_progress_bar": True}})
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert type(build_trainer(cfg, [], False, stream=io.StringIO()).progress_bar_callback) is TQDMProgressBar
+    mine = TQDMProgressBar(refresh_rate=7)
+    assert build_trainer(cfg, [mine], False, stream=io.StringIO()).progress_bar_callback is mine
+    # on a terminal the choice stays Lightning's (its Rich bar when rich is installed)
+    on_terminal = build_trainer(cfg, [], False, stream=Terminal())
+    lightnings_own = "RichProgressBar" if _RICH_AVAILABLE else "TQDMProgressBar"
+    assert type(on_terminal.progress_bar_callback).__name__ == lightnings_own
+    cfg.trainer.enable_progress_bar = False
+    assert build_trainer(cfg, [], False, stream=io.StringIO()).progress_bar_callback is None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from lit_edit.editors.prune import PruneConfig
@@ -42,7 +44,19 @@ def build_logger(cfg: DictConfig) -> Any:
     return hydra.utils.instantiate(logger_cfg)
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[Any], logger: Any) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, *, stream: IO[str] | None = None) -> L.Trainer:
+    """The configured trainer; a tqdm progress bar where the output is not a terminal.
+
+    Lightning picks its Rich bar when ``rich`` is installed, and Rich redraws in place: a run
+    redirected to a log file (nohup, a cluster job) shows nothing of the loop until it ends.
+    tqdm writes every refresh, so ``tail`` on the log sees the edits go by. A progress-bar
+    callback given in ``callbacks`` (train.py's config has one) is left as it is.
+    """
+    callbacks = list(callbacks)
+    stream = sys.stdout if stream is None else stream  # where Lightning's bars write
+    wants_bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks) and not stream.isatty():
+        callbacks.append(TQDMProgressBar())
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
 
