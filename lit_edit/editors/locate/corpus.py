@@ -206,9 +206,15 @@ def text_samples(
     docs = all_documents(source, data_root, unit)
     if not docs:
         raise ValueError(f"corpus {source!r} contains no text")
-    if warn and len(docs) < n_samples:
-        warnings.warn(f"corpus {source!r} has only {len(docs)} documents; using all of them, not {n_samples}")
+    if warn:
+        warn_if_short(source, len(docs), n_samples, "using all of them")
     return docs[: int(n_samples)]
+
+
+def warn_if_short(source: str, found: int, n_samples: int, action: str) -> None:
+    """Warn that ``source`` holds fewer than ``n_samples`` documents and say what is done instead."""
+    if found < int(n_samples):
+        warnings.warn(f"corpus {source!r} has only {found} documents; {action}, not {int(n_samples)}")
 
 
 def texts_id(texts: list[str]) -> str:

@@ -65,7 +65,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lit_edit.editors.locate.corpus import source_signature, text_samples, texts_id
+from lit_edit.editors.locate.corpus import source_signature, text_samples, texts_id, warn_if_short
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
 from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.hooks import capture, patch_output
@@ -280,9 +280,7 @@ class SecondMomentStats:
                 missing.append(entry)
 
         if missing:
-            if len(texts) < int(cfg.n_samples):
-                warnings.warn(f"corpus {cfg.corpus!r} has only {len(texts)} documents; computing the statistics "
-                              f"from all of them, not {int(cfg.n_samples)}")
+            warn_if_short(cfg.corpus, len(texts), cfg.n_samples, "computing the statistics from all of them")
             t = time.perf_counter()
             sums, n_tokens = self._accumulate(model, tokenizer, texts, [e.module for e in missing], cfg,
                                               max_length, model_id, device)
