@@ -94,3 +94,21 @@ def test_progress_bar_is_tqdm_unless_a_terminal_and_a_given_one_is_kept():
     assert type(on_terminal.progress_bar_callback).__name__ == lightnings_own
     cfg.trainer.enable_progress_bar = False
     assert build_trainer(cfg, [], False, stream=io.StringIO()).progress_bar_callback is None
+
+
+def test_seeded_slices_as_a_multirun_then_compared(tmp_path, shared_data):
+    from lit_edit.cli.compare import main as compare
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "edit.py"), "-m", f"hydra.sweep.dir={tmp_path}", "model=tiny_llama",
+         "editor=ft_m", "data=zsre", "data.limit=2", "eval.fluency=false", "logger=none",
+         "data.shuffle=true", "data.seed=0,1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(str(p) for p in tmp_path.iterdir() if p.is_dir())
+    assert [Path(r).name for r in runs] == ["0", "1"]
+    table = compare(runs)
+    assert "| 0 | 2 |" in table and "| 1 | 2 |" in table and "| mean of 2 | 4 |" in table
+    assert "±" in table  # two edits per run: each score has a standard error

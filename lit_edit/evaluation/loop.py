@@ -34,7 +34,7 @@ from lit_edit.evaluation.metrics import PerEditMean, exact_match, token_accuracy
 from lit_edit.evaluation.perplexity import PerplexityConfig, PerplexityProbe
 from lit_edit.evaluation.probes import ProbeRow, build_probes
 from lit_edit.evaluation.results import (
-    RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
+    SE_SUFFIX, RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
 )
 from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
 from lit_edit.models.layouts import ModelLayout, layout_for
@@ -413,6 +413,8 @@ class EditingLoop(L.LightningModule):
             value = nan_to_none(float(metric.compute()))
             if stage == head_stage:
                 summary[name] = value
+                if isinstance(metric, PerEditMean):
+                    summary[f"{name}{SE_SUFFIX}"] = nan_to_none(float(metric.standard_error()))
             # a sequential run measured at several stages shows every stage tagged; otherwise only
             # the non-headline stages get a tag
             if (cfg.sequential and len(stages) > 1) or stage != head_stage:
@@ -421,6 +423,7 @@ class EditingLoop(L.LightningModule):
             for name in ("reliability", "generalization", "portability"):
                 summary[f"{name}@teacher_forced"] = summary.get(name)
                 summary[name] = summary.get(f"{name}_em")
+                summary[f"{name}{SE_SUFFIX}"] = summary.pop(f"{name}_em{SE_SUFFIX}", None)
         n = self._n_edits
         summary.update(
             seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,

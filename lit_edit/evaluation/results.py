@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "SUMMARY_KEYS",
+    "SE_SUFFIX",
     "FRACTION_METRICS",
     "nan_to_none",
     "RecordWriter",
@@ -35,6 +36,9 @@ SUMMARY_KEYS = (
     "peak_memory_mb",
     "n_edits",
 )
+# "<metric>_se": the standard error of a per-edit mean over its edits (PerEditMean.standard_error);
+# the markdown tables show it beside its metric, "0.960 ± 0.018", the JSON keeps it as its own key.
+SE_SUFFIX = "_se"
 # Metrics whose values are fractions in [0, 1]; a key counts as one when its name before any
 # "/" (group) or "@" (evaluation point) is listed: "portability/one_hop", "reliability@end".
 # (Put ConvSent's KL under its own name, e.g. "locality_kl", as it is not a fraction.)
@@ -137,7 +141,16 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _metric_table(values: Mapping[str, Any]) -> str:
-    return _markdown(["metric", "value"], [[k, _format_value(k, v)] for k, v in values.items()])
+    rows = []
+    for key, value in values.items():
+        if key.endswith(SE_SUFFIX) and key[: -len(SE_SUFFIX)] in values:
+            continue  # shown beside its metric
+        text = _format_value(key, value)
+        se = values.get(f"{key}{SE_SUFFIX}")
+        if value is not None and isinstance(se, numbers.Real) and not isinstance(se, bool):
+            text += f" ± {se:.3f}" if _is_fraction(key) else f" ± {se:.2g}"
+        rows.append([key, text])
+    return _markdown(["metric", "value"], rows)
 
 
 def _rows_table(rows: list[Mapping[str, Any]]) -> str:
@@ -147,7 +160,8 @@ def _rows_table(rows: list[Mapping[str, Any]]) -> str:
 
 def format_table(summary: Mapping[str, Any]) -> str:
     """Markdown table ``| metric | value |`` of a summary: every SUMMARY_KEY (n/a if absent),
-    then the other keys; fractions to 3 decimals, times in s, memory in MB."""
+    then the other keys; fractions to 3 decimals, times in s, memory in MB; a metric with a
+    ``<metric>_se`` key reads "value ± se" and the ``_se`` key gets no row of its own."""
     return _metric_table(_complete(summary))
 
 

@@ -43,6 +43,10 @@ def test_no_edit_locality_is_one_and_writes_files(tiny, requests_, tmp_path):
     lines = (tmp_path / "records.jsonl").read_text().splitlines()
     assert len(lines) == 4 and {"reliability", "generalization", "locality"} <= set(json.loads(lines[0]))
     assert "| reliability |" in (tmp_path / "summary.md").read_text()
+    # standard errors over the edits' own scores (the per-edit records)
+    assert summary["locality_se"] == 0.0
+    per_edit = torch.tensor([json.loads(x)["reliability"] for x in lines])
+    assert saved["reliability_se"] == pytest.approx(float(per_edit.std() / 2))
 
 
 def test_absent_metric_is_null_not_zero(tiny, requests_, tmp_path):
@@ -95,6 +99,8 @@ def test_counterfact_and_generation_protocols(tiny, requests_):
     for key in ("efficacy_score", "paraphrase_score", "neighborhood_score", "reliability@teacher_forced"):
         assert summary[key] is not None and 0.0 <= summary[key] <= 1.0
     assert summary["protocol"] == "generation_em"
+    assert "reliability_em_se" not in summary  # moved to reliability_se with the score it belongs to
+    assert summary["reliability_se"] is not None
 
 
 def test_bad_eval_config_is_a_clear_error():

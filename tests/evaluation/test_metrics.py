@@ -89,6 +89,16 @@ def test_per_edit_mean_weights_edits_equally():
         assert torch.isnan(metric.compute())
 
 
+def test_per_edit_standard_error_is_over_edits():
+    metric = PerEditMean()
+    metric.update(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]))  # edit 0: 0.5
+    assert torch.isnan(metric.standard_error())  # one edit: no spread to measure
+    metric.update(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([3, 5, 5]))  # edits 3: 1.0, 5: 0.5
+    means = torch.tensor([0.5, 1.0, 0.5])  # per edit, not per probe
+    torch.testing.assert_close(metric.standard_error(), means.std() / 3**0.5)
+    torch.testing.assert_close(metric.compute(), means.mean())
+
+
 def test_probability_comparison_and_mean_value():
     cmp = ProbabilityComparison()
     # edit 0: [1 < 2 yes, 3 < 1 no] -> 0.5; edit 1: [0.5 < 0.6 yes] -> 1
@@ -108,8 +118,11 @@ def _ddp_worker(rank: int, port: int, queue) -> None:
     per_edit, empty, mean = PerEditMean(), PerEditMean(), MeanValue()
     if rank == 0:  # rank 1 holds no per-edit data at all: the empty-rank corner case
         per_edit.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
+    else:  # the edit seen on both ranks is one edit
+        per_edit.update(torch.tensor([1.0, 0.0]), torch.tensor([1, 2]))
     mean.update(torch.tensor([float(rank)]))
-    queue.put((rank, per_edit.compute().item(), empty.compute().item(), mean.compute().item()))
+    queue.put((rank, per_edit.compute().item(), per_edit.standard_error().item(), empty.compute().item(),
+               empty.standard_error().item(), mean.compute().item()))
     dist.destroy_process_group()
 
 
@@ -121,7 +134,10 @@ def test_states_sync_under_ddp():
     queue = ctx.SimpleQueue()
     mp.start_processes(_ddp_worker, args=(port, queue), nprocs=2, start_method="spawn")
     results = sorted(queue.get() for _ in range(2))
-    for _, per_edit, empty, mean in results:
-        assert per_edit == pytest.approx(0.75)  # (0.5 + 1) / 2 on both ranks
-        assert math.isnan(empty)
+    # edits: 0 -> 0.5 (rank 0), 1 -> (1 + 1) / 2 = 1 (both ranks), 2 -> 0 (rank 1)
+    expected_se = torch.tensor([0.5, 1.0, 0.0]).std().item() / 3**0.5
+    for _, per_edit, se, empty, empty_se, mean in results:
+        assert per_edit == pytest.approx(0.5)  # (0.5 + 1 + 0) / 3 on both ranks
+        assert se == pytest.approx(expected_se)
+        assert math.isnan(empty) and math.isnan(empty_se)
         assert mean == pytest.approx(0.5)

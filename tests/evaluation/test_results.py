@@ -78,6 +78,16 @@ def test_write_summary(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["locality"] is None
 
 
+def test_standard_errors_sit_beside_their_metric():
+    table = format_table({"reliability": 0.96, "reliability_se": 0.0123, "locality": 0.9, "locality_se": None,
+                          "generalization": None, "generalization_se": 0.02, "perplexity": 31.5, "perplexity_se": 0.25})
+    assert "| reliability | 0.960 ± 0.012 |" in table
+    assert "| locality | 0.900 |" in table  # no standard error (one edit)
+    assert "| generalization | n/a |" in table
+    assert "| perplexity | 31.5 ± 0.25 |" in table
+    assert "_se |" not in table
+
+
 def test_fractions_must_be_fractions():
     with pytest.raises(ValueError, match="reliability@end"):
         format_table({"reliability@end": 99.6})
