@@ -47,3 +47,15 @@ def test_bad_run_paths_are_clear_errors(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="JSON object"):
         load_run(tmp_path)
+
+
+def test_older_runs_get_standard_errors_from_their_records(tmp_path):
+    run = _run(tmp_path, "old", reliability=0.5, locality=0.25, n_edits=2)
+    records = [{"edit": 0, "reliability": 1.0, "locality": 0.9}, {"edit": 1, "reliability": 0.0, "locality": 0.9}]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = load_run(run, ["reliability", "locality"]).summary
+    assert summary["reliability_se"] == pytest.approx(0.5)  # std 0.7071 / sqrt(2)
+    assert "locality_se" not in summary  # the records' mean (0.9) is not the summary's 0.25: not used
+    seq = _run(tmp_path, "seq", reliability=0.5, n_edits=2)
+    (seq / "records.jsonl").write_text("".join(json.dumps({"reliability@end": r["reliability"]}) + "\n" for r in records))
+    assert load_run(seq, ["reliability"]).summary["reliability_se"] == pytest.approx(0.5)

@@ -34,8 +34,31 @@ class RunScores:
     summary: dict[str, Any]
 
 
-def load_run(path: str | Path) -> RunScores:
-    """Read a run directory's ``summary.json`` (or that file itself); a clear error otherwise."""
+def _records_standard_errors(records_file: Path, summary: dict[str, Any], metrics: Sequence[str]) -> dict[str, float]:
+    """``<metric>_se`` from a run's per-edit ``records.jsonl``, for runs written before summaries had
+    them. A record's value is that edit's mean (what the summary averages), under the metric's name
+    or, in sequential runs, ``<metric>@end``; a metric is used only where the records' mean
+    reproduces the summary's value, so a record key that means something else is never taken."""
+    try:
+        records = [json.loads(line) for line in records_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {}
+    for m in metrics:
+        target = _number(summary.get(m))
+        for key in (m, f"{m}@end"):
+            values = [v for r in records if isinstance(r, dict) and (v := _number(r.get(key))) is not None]
+            if target is None or len(values) < 2 or abs(sum(values) / len(values) - target) > 1e-6:
+                continue
+            mean = sum(values) / len(values)
+            out[m + SE_SUFFIX] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+            break
+    return out
+
+
+def load_run(path: str | Path, metrics: Sequence[str] = DEFAULT_METRICS) -> RunScores:
+    """Read a run directory's ``summary.json`` (or that file itself); a clear error otherwise.
+    Standard errors the summary lacks are taken from ``records.jsonl`` beside it when it has them."""
     path = Path(path)
     file = path / "summary.json" if path.is_dir() else path
     if not file.is_file():
@@ -46,6 +69,9 @@ def load_run(path: str | Path) -> RunScores:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(summary, dict):
         raise ValueError(f"{file}: expected a JSON object, found {type(summary).__name__}")
+    missing = [m for m in metrics if m + SE_SUFFIX not in summary]
+    if missing and (file.parent / "records.jsonl").is_file():
+        summary = {**_records_standard_errors(file.parent / "records.jsonl", summary, missing), **summary}
     name = file.parent.name if file.name == "summary.json" else file.stem
     return RunScores(name, summary)
 
@@ -99,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                         help="summary keys to show (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file (never overwritten)")
     args = parser.parse_args(argv)
-    table = compare_markdown(compare_rows([load_run(p) for p in args.runs], args.metrics), args.metrics)
+    table = compare_markdown(compare_rows([load_run(p, args.metrics) for p in args.runs], args.metrics), args.metrics)
     if args.out is not None:
         if args.out.exists():
             raise FileExistsError(f"{args.out} exists; refusing to overwrite it (choose another --out)")
