@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lit_edit.evaluation.results import SE_SUFFIX
+from lit_edit.evaluation.results import SE_SUFFIX, format_with_se, markdown_table
 
 __all__ = ["RunScores", "load_run", "compare_rows", "compare_markdown", "main"]
 
@@ -48,9 +48,9 @@ def _records_standard_errors(records_file: Path, summary: dict[str, Any], metric
         target = _number(summary.get(m))
         for key in (m, f"{m}@end"):
             values = [v for r in records if isinstance(r, dict) and (v := _number(r.get(key))) is not None]
-            if target is None or len(values) < 2 or abs(sum(values) / len(values) - target) > 1e-6:
+            mean = sum(values) / len(values) if values else None
+            if target is None or len(values) < 2 or abs(mean - target) > 1e-6:
                 continue
-            mean = sum(values) / len(values)
             out[m + SE_SUFFIX] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
             break
     return out
@@ -104,18 +104,13 @@ def compare_rows(runs: Sequence[RunScores], metrics: Sequence[str] = DEFAULT_MET
 
 
 def compare_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = DEFAULT_METRICS) -> str:
-    """The rows as a markdown table, "0.960 ± 0.018" per cell, "n/a" where a run lacks the metric."""
-    def cell(row: dict[str, Any], m: str) -> str:
-        if row[m] is None:
-            return "n/a"
-        se = row[m + SE_SUFFIX]
-        return f"{row[m]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-
-    header = ["run", "n_edits", *metrics]
-    lines = [header, ["---"] * len(header)]
-    lines += [[str(r["run"]), str(r["n_edits"] if r["n_edits"] is not None else "n/a"), *(cell(r, m) for m in metrics)]
-              for r in rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    """The rows as a markdown table, "0.960 ± 0.018" per cell, "n/a" where a run lacks the metric
+    (cells formatted as in the runs' own summary tables)."""
+    return markdown_table(
+        ["run", "n_edits", *metrics],
+        [[str(r["run"]), format_with_se("n_edits", r["n_edits"], None),
+          *(format_with_se(m, r[m], r[m + SE_SUFFIX]) for m in metrics)] for r in rows],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -22,6 +22,8 @@ __all__ = [
     "nan_to_none",
     "RecordWriter",
     "format_table",
+    "format_with_se",
+    "markdown_table",
     "write_summary",
     "plot_summary",
 ]
@@ -135,27 +137,31 @@ def _format_value(key: str, value: Any) -> str:
     return str(value) if isinstance(value, numbers.Integral) else f"{value:.4g}"
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def format_with_se(key: str, value: Any, se: Any) -> str:
+    """A table cell: ``value`` formatted as its key wants (see :func:`format_table`), followed by
+    " ± se" when both are numbers (3 decimals for fractions, 2 significant digits otherwise)."""
+    text = _format_value(key, value)
+    if value is not None and isinstance(se, numbers.Real) and not isinstance(se, bool):
+        text += f" ± {se:.3f}" if _is_fraction(key) else f" ± {se:.2g}"
+    return text
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """``| a | b |`` lines: the header, a ``---`` rule, then the rows (cells already strings)."""
     lines = [header, ["---"] * len(header), *rows]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def _metric_table(values: Mapping[str, Any]) -> str:
-    rows = []
-    for key, value in values.items():
-        if key.endswith(SE_SUFFIX) and key[: -len(SE_SUFFIX)] in values:
-            continue  # shown beside its metric
-        text = _format_value(key, value)
-        se = values.get(f"{key}{SE_SUFFIX}")
-        if value is not None and isinstance(se, numbers.Real) and not isinstance(se, bool):
-            text += f" ± {se:.3f}" if _is_fraction(key) else f" ± {se:.2g}"
-        rows.append([key, text])
-    return _markdown(["metric", "value"], rows)
+    rows = [[key, format_with_se(key, value, values.get(f"{key}{SE_SUFFIX}"))]
+            for key, value in values.items()
+            if not (key.endswith(SE_SUFFIX) and key[: -len(SE_SUFFIX)] in values)]  # _se: beside its metric
+    return markdown_table(["metric", "value"], rows)
 
 
 def _rows_table(rows: list[Mapping[str, Any]]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    return _markdown(columns, [[_format_value(c, row.get(c)) for c in columns] for row in rows])
+    return markdown_table(columns, [[_format_value(c, row.get(c)) for c in columns] for row in rows])
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
