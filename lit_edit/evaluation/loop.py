@@ -410,20 +410,26 @@ class EditingLoop(L.LightningModule):
         stages = sorted({k.split(":", 1)[0] for k in self._metrics})
         for key, metric in self._metrics.items():
             stage, name = key.split(":", 1)
-            value = nan_to_none(float(metric.compute()))
+            if isinstance(metric, PerEditMean):
+                mean, error = (nan_to_none(float(x)) for x in metric.mean_and_error())
+            else:
+                mean, error = nan_to_none(float(metric.compute())), None
+            value = mean
             if stage == head_stage:
                 summary[name] = value
                 if isinstance(metric, PerEditMean):
-                    summary[f"{name}{SE_SUFFIX}"] = nan_to_none(float(metric.standard_error()))
+                    summary[f"{name}{SE_SUFFIX}"] = error
             # a sequential run measured at several stages shows every stage tagged; otherwise only
             # the non-headline stages get a tag
             if (cfg.sequential and len(stages) > 1) or stage != head_stage:
                 summary[f"{name}@{stage}"] = value
         if cfg.protocol == "generation_em":
             for name in ("reliability", "generalization", "portability"):
+                # the EM score takes the headline; both keep their errors under their own names
                 summary[f"{name}@teacher_forced"] = summary.get(name)
+                summary[f"{name}@teacher_forced{SE_SUFFIX}"] = summary.get(f"{name}{SE_SUFFIX}")
                 summary[name] = summary.get(f"{name}_em")
-                summary[f"{name}{SE_SUFFIX}"] = summary.pop(f"{name}_em{SE_SUFFIX}", None)
+                summary[f"{name}{SE_SUFFIX}"] = summary.get(f"{name}_em{SE_SUFFIX}")
         n = self._n_edits
         summary.update(
             seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,

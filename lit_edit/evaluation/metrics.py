@@ -210,11 +210,17 @@ class PerEditMean(Metric):
         in a batch edit each edit's probes also depend on the rest of the batch. Gathered from
         every rank, as :meth:`compute` is.
         """
+        return self.mean_and_error()[1]
+
+    def mean_and_error(self) -> tuple[Tensor, Tensor]:
+        """(:meth:`compute`, :meth:`standard_error`) from one gather across ranks: a summary
+        wants both, and each gather is a collective call on every rank."""
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync):
             means = self._edit_means()
-        if means.numel() < 2:
-            return torch.tensor(float("nan"), device=self.device)
-        return means.std(unbiased=True) / means.numel() ** 0.5
+        nan = torch.tensor(float("nan"), device=self.device)
+        mean = means.mean() if means.numel() else nan
+        error = means.std(unbiased=True) / means.numel() ** 0.5 if means.numel() >= 2 else nan
+        return mean, error
 
 
 class ProbabilityComparison(PerEditMean):

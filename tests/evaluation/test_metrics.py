@@ -97,6 +97,9 @@ def test_per_edit_standard_error_is_over_edits():
     means = torch.tensor([0.5, 1.0, 0.5])  # per edit, not per probe
     torch.testing.assert_close(metric.standard_error(), means.std() / 3**0.5)
     torch.testing.assert_close(metric.compute(), means.mean())
+    mean, error = metric.mean_and_error()
+    torch.testing.assert_close(mean, means.mean())
+    torch.testing.assert_close(error, means.std() / 3**0.5)
 
 
 def test_probability_comparison_and_mean_value():
@@ -121,8 +124,9 @@ def _ddp_worker(rank: int, port: int, queue) -> None:
     else:  # the edit seen on both ranks is one edit
         per_edit.update(torch.tensor([1.0, 0.0]), torch.tensor([1, 2]))
     mean.update(torch.tensor([float(rank)]))
+    both = tuple(x.item() for x in per_edit.mean_and_error())
     queue.put((rank, per_edit.compute().item(), per_edit.standard_error().item(), empty.compute().item(),
-               empty.standard_error().item(), mean.compute().item()))
+               empty.standard_error().item(), mean.compute().item(), both))
     dist.destroy_process_group()
 
 
@@ -136,8 +140,9 @@ def test_states_sync_under_ddp():
     results = sorted(queue.get() for _ in range(2))
     # edits: 0 -> 0.5 (rank 0), 1 -> (1 + 1) / 2 = 1 (both ranks), 2 -> 0 (rank 1)
     expected_se = torch.tensor([0.5, 1.0, 0.0]).std().item() / 3**0.5
-    for _, per_edit, se, empty, empty_se, mean in results:
+    for _, per_edit, se, empty, empty_se, mean, both in results:
         assert per_edit == pytest.approx(0.5)  # (0.5 + 1 + 0) / 3 on both ranks
         assert se == pytest.approx(expected_se)
+        assert both == pytest.approx((0.5, expected_se))  # one gather gives both
         assert math.isnan(empty) and math.isnan(empty_se)
         assert mean == pytest.approx(0.5)
