@@ -411,10 +411,9 @@ class EditingLoop(L.LightningModule):
         for key, metric in self._metrics.items():
             stage, name = key.split(":", 1)
             if isinstance(metric, PerEditMean):
-                mean, error = (nan_to_none(float(x)) for x in metric.mean_and_error())
+                value, error = (nan_to_none(float(x)) for x in metric.mean_and_error())
             else:
-                mean, error = nan_to_none(float(metric.compute())), None
-            value = mean
+                value, error = nan_to_none(float(metric.compute())), None
             if stage == head_stage:
                 summary[name] = value
                 if isinstance(metric, PerEditMean):
