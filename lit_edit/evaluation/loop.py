@@ -410,13 +410,14 @@ class EditingLoop(L.LightningModule):
         stages = sorted({k.split(":", 1)[0] for k in self._metrics})
         for key, metric in self._metrics.items():
             stage, name = key.split(":", 1)
-            if isinstance(metric, PerEditMean):
+            per_edit = isinstance(metric, PerEditMean)
+            if per_edit:
                 value, error = (nan_to_none(float(x)) for x in metric.mean_and_error())
             else:
                 value, error = nan_to_none(float(metric.compute())), None
             if stage == head_stage:
                 summary[name] = value
-                if isinstance(metric, PerEditMean):
+                if per_edit:
                     summary[f"{name}{SE_SUFFIX}"] = error
             # a sequential run measured at several stages shows every stage tagged; otherwise only
             # the non-headline stages get a tag

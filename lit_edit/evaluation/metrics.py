@@ -196,9 +196,15 @@ class PerEditMean(Metric):
         counts = torch.bincount(group, minlength=n_edits)
         return sums / counts
 
+    def _mean_and_error_of(self, means: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean of per-edit ``means`` (NaN if none) and its standard error (NaN below two)."""
+        nan = torch.tensor(float("nan"), device=self.device)
+        mean = means.mean() if means.numel() else nan
+        error = means.std(unbiased=True) / means.numel() ** 0.5 if means.numel() >= 2 else nan
+        return mean, error
+
     def compute(self) -> Tensor:
-        means = self._edit_means()
-        return means.mean() if means.numel() else torch.tensor(float("nan"), device=self.device)
+        return self._mean_and_error_of(self._edit_means())[0]
 
     def standard_error(self) -> Tensor:
         """Standard error of :meth:`compute`'s mean: the sample standard deviation of the per-edit
@@ -217,10 +223,7 @@ class PerEditMean(Metric):
         wants both, and each gather is a collective call on every rank."""
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync):
             means = self._edit_means()
-        nan = torch.tensor(float("nan"), device=self.device)
-        mean = means.mean() if means.numel() else nan
-        error = means.std(unbiased=True) / means.numel() ** 0.5 if means.numel() >= 2 else nan
-        return mean, error
+        return self._mean_and_error_of(means)
 
 
 class ProbabilityComparison(PerEditMean):
