@@ -16,8 +16,9 @@ from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alpha
 from lit_edit.editors.locate.keys_values import prompt_context_keys
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
+from _support.locate import tiny_value_settings
+
 LAYERS = [1, 2]
-TEMPLATES = ["{}", "The weather is nice. {}"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
@@ -33,11 +34,10 @@ class FixedMoments:
 
 
 def alphaedit(**overrides) -> AlphaEditEditor:
-    # generous settings for tiny random models (AlphaEdit's own are in configs/editor/alphaedit.yaml)
-    hp = dict(layers=LAYERS, v_num_grad_steps=10, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
-              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=True, mom2_update_weight=15000,
-              nullspace_threshold=1e-2, L2=1e-3, context_templates=TEMPLATES)
-    return AlphaEditEditor(**{**hp, **overrides})
+    # AlphaEdit's own settings are in configs/editor/alphaedit.yaml
+    return AlphaEditEditor(**tiny_value_settings(**{
+        "layers": LAYERS, "v_num_grad_steps": 10, "mom2_adjustment": True, "mom2_update_weight": 15000,
+        "nullspace_threshold": 1e-2, "L2": 1e-3, **overrides}))
 
 
 def half_rank_setup(model, random_text_second_moment, layers=LAYERS):

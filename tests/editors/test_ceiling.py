@@ -12,10 +12,11 @@ from lit_edit.editors.locate.ceiling import ceiling_table, value_ceiling
 from lit_edit.editors.memit import MEMITEditor
 from lit_edit.editors.rome import ROMEEditor
 
+from _support.locate import tiny_value_settings
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
-SETTINGS = dict(v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4, kl_factor=0.0625,
-                v_stop_loss=5e-2, mom2_adjustment=False, context_templates=["{}", "The weather is nice. {}"])
+SETTINGS = tiny_value_settings()
 
 
 def _with_rephrases(reqs):

@@ -18,19 +18,17 @@ from lit_edit.editors.locate.keys_values import compute_keys, prompt_context_key
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
+from _support.locate import TEMPLATES, tiny_value_settings
+
 ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
 LAYERS = [1, 2]
-TEMPLATES = ["{}", "The weather is nice. {}"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
 
 def memit(**overrides) -> MEMITEditor:
-    # generous settings for tiny random models (MEMIT's own are in configs/editor/memit.yaml)
-    hp = dict(layers=LAYERS, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
-              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, mom2_update_weight=1e-6,
-              context_templates=TEMPLATES)
-    return MEMITEditor(**{**hp, **overrides})
+    # MEMIT's own settings are in configs/editor/memit.yaml
+    return MEMITEditor(**tiny_value_settings(**{"layers": LAYERS, "mom2_update_weight": 1e-6, **overrides}))
 
 
 class FixedMoments:

@@ -11,19 +11,18 @@ from lit_edit.editors.locate.keys_values import ValueHParams, joint_value_target
 from lit_edit.editors.pmet import PMETEditor
 from lit_edit.models.layouts import layout_for
 
+from _support.locate import TEMPLATES, tiny_value_settings
+
 ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
 LAYERS = [1, 2]
-TEMPLATES = ["{}", "The weather is nice. {}"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
 
 def pmet(**overrides) -> PMETEditor:
-    # generous settings for tiny random models (PMET's own are in configs/editor/pmet.yaml)
-    hp = dict(layers=LAYERS, v_num_grad_steps=30, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
-              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, mom2_update_weight=1e-6,
-              context_templates=TEMPLATES)
-    return PMETEditor(**{**hp, **overrides})
+    # PMET's own settings are in configs/editor/pmet.yaml
+    return PMETEditor(**tiny_value_settings(**{"layers": LAYERS, "v_num_grad_steps": 30, "mom2_update_weight": 1e-6,
+                                               **overrides}))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

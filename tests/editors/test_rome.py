@@ -22,18 +22,17 @@ from lit_edit.editors.rome import CachedStatsProvider, ROMEEditor
 from lit_edit.models.layouts import layout_for, resolve
 from lit_edit.utils.hooks import capture
 
+from _support.locate import TEMPLATES, tiny_value_settings
+
 ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
 LAYER = 1
-TEMPLATES = ["{}", "The weather is nice. {}"]  # fixed templates: no generation in most tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
 
 
 def rome(**overrides) -> ROMEEditor:
-    # generous settings for tiny random models (ROME's own are in configs/editor/rome.yaml)
-    hp = dict(layer=LAYER, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
-              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, context_templates=TEMPLATES)
-    return ROMEEditor(**{**hp, **overrides})
+    # ROME's own settings are in configs/editor/rome.yaml
+    return ROMEEditor(**tiny_value_settings(**{"layer": LAYER, **overrides}))
 
 
 def next_token_probs(model, tok, prompt: str) -> torch.Tensor:

@@ -12,16 +12,16 @@ from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.memit import MEMITEditor
 from lit_edit.models.layouts import canonical_weight, resolve
 
+from _support.locate import tiny_value_settings
+
 LAYERS = [1, 2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def memit(cache_dir, **overrides) -> MEMITEditor:
-    hp = dict(layers=LAYERS, v_num_grad_steps=6, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
-              kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False, mom2_update_weight=1e-2,
-              context_templates=["{}", "The weather is nice. {}"], v_cache_dir=str(cache_dir))
-    return MEMITEditor(**{**hp, **overrides})
+    return MEMITEditor(**tiny_value_settings(**{"layers": LAYERS, "v_num_grad_steps": 6, "mom2_update_weight": 1e-2,
+                                                "v_cache_dir": str(cache_dir), **overrides}))
 
 
 def written(model) -> list[torch.Tensor]:

@@ -1,0 +1,26 @@
+"""Settings under which the locate-then-edit value search converges on tiny random models.
+
+The papers' values (configs/editor/*.yaml) assume a trained model: on a 2-layer random
+model a weight decay, a norm clamp of 0.75 and lr 0.5 leave ``v*``/``z*`` short of the
+target within a test's few steps. Every editor test that optimises values starts from
+these, so one change here moves them all together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: fixed context templates: no prefix generation (and no sampling) in most tests
+TEMPLATES: list[str] = ["{}", "The weather is nice. {}"]
+
+
+def tiny_value_settings(**overrides: Any) -> dict[str, Any]:
+    """Editor keywords for the value search (plus ``context_templates``), with ``overrides`` on top.
+
+    ``mom2_adjustment`` is off (C = I) unless a test turns it on: most editor tests check the
+    algebra of the write, not the statistics.
+    """
+    settings: dict[str, Any] = dict(v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.0, clamp_norm_factor=1e4,
+                                    kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False,
+                                    context_templates=list(TEMPLATES))
+    return {**settings, **overrides}
