@@ -106,7 +106,7 @@ Deviations from the MEMIT code, all deliberate (``rounds: 1``, ``v_share_subject
   ``["{}"]`` and within the generated group, then over the two groups, so the bare prompt
   weighs 1/2; here it weighs 1/len(templates)).
 - The current ``z`` is averaged over the context templates like ``v*``'s ``original``
-  (:class:`~lit_edit.editors.locate.keys_values.ValueTargets`), where MEMIT reads it on
+  (:class:`~lit_edit.editors.locate.values.ValueTargets`), where MEMIT reads it on
   the bare prompt and takes ``z*`` = bare value + delta. Both make the first residual exactly
   the optimised ``delta``; this way ``z*`` and ``z`` are measured the same way.
 """
@@ -123,8 +123,9 @@ from torch import Tensor, nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import WeightSnapshot
 from lit_edit.editors.locate.base import LocateEditor
-from lit_edit.editors.locate.keys_values import (ValueTargets, compute_keys, fill_template, prompt_context_keys,
-                                                 subject_states, value_targets)
+from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys, subject_states
+from lit_edit.editors.locate.prompts import fill_template
+from lit_edit.editors.locate.values import ValueTargets, value_targets
 from lit_edit.models.layouts import ModelLayout, add_to_weight, resolve
 
 #: MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).

@@ -4,7 +4,7 @@ MEMIT optimises the whole residual stream ``z`` at its last edited layer and wri
 target into MLP weights only, although part of ``z`` comes from attention. PMET splits the
 target by component: at the last edited layer it optimises one delta on the *attention*
 output and one on the *MLP* output together (same loss as MEMIT's ``z*``, a weight decay
-and a norm clamp per component; :func:`~lit_edit.editors.locate.keys_values.joint_value_targets`),
+and a norm clamp per component; :func:`~lit_edit.editors.locate.values.joint_value_targets`),
 then writes only the MLP part into the MLP down projections of the layer range, each
 layer taking ``1/sqrt(remaining)`` of what is left (MEMIT takes ``1/remaining``), with the
 current MLP output at the last layer re-read after every write. The attention delta only
@@ -25,7 +25,8 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.locate.keys_values import ValueTargets, joint_value_targets, subject_states
+from lit_edit.editors.locate.keys import subject_states
+from lit_edit.editors.locate.values import ValueTargets, joint_value_targets
 from lit_edit.editors.memit import MEMITEditor
 from lit_edit.models.layouts import ModelLayout
 

@@ -3,7 +3,7 @@
 One fact is one rank-one change of one MLP down projection ``W`` (layout field ``mlp_out``)::
 
     k*  = the projection's input at the subject's last token, averaged over context templates
-    v*  = the output that makes the model say the target (optimised, see keys_values)
+    v*  = the output that makes the model say the target (optimised, see locate/values.py)
     u   = C^-1 k*                       C = E[k k^T], the second moment of keys at that layer
     W' = W + Lambda u^T,   Lambda = (v* - W k*) / (u^T k*)
 
@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import WeightSnapshot
 from lit_edit.editors.locate.base import CachedStatsProvider, LocateEditor, SecondMomentProvider
-from lit_edit.editors.locate.keys_values import ROME_LENGTH_PARAMS, ValueTargets, compute_keys, value_targets
+from lit_edit.editors.locate.keys import compute_keys
+from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS
+from lit_edit.editors.locate.values import ValueTargets, value_targets
 from lit_edit.models.layouts import add_to_weight, resolve, weight_view
 
 __all__ = ["CachedStatsProvider", "CholeskySolver", "ROMEEditor", "RankOneUpdate", "SecondMomentProvider",

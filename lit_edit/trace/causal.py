@@ -41,7 +41,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from lit_edit.editors.locate.keys_values import subject_last_token_positions
+from lit_edit.editors.locate.prompts import subject_last_token_positions
 from lit_edit.models.layouts import ModelLayout, get_module, num_layers
 from lit_edit.utils.forward import decoder_body, head_logits
 from lit_edit.utils.hooks import capture, patch_output, patch_outputs

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alphaedit_update, null_space_projection
-from lit_edit.editors.locate.keys_values import prompt_context_keys
+from lit_edit.editors.locate.keys import prompt_context_keys
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
 from _support.locate import tiny_value_settings

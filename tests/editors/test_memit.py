@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_edit.editors.locate.keys_values import compute_keys, prompt_context_keys
+from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys
+from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
@@ -242,15 +243,13 @@ def _two_facts_about_one_subject():
 @pytest.mark.parametrize("chunk_size", [None, 1])
 def test_requests_about_one_subject_share_one_delta(tiny, chunk_size):
     """share_subject: one z* delta per subject, in request order, groups never split by chunks."""
-    from lit_edit.editors.locate import keys_values as kv
-
     model, tok = tiny("llama")
     layout = layout_for(model)
     reqs = _two_facts_about_one_subject()
-    hp = kv.ValueHParams(num_grad_steps=6, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+    hp = ValueHParams(num_grad_steps=6, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
                          stop_loss=None, stop_on="nll")
-    alone = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
-    shared = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, share_subject=True),
+    alone = value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
+    shared = value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, share_subject=True),
                               module="layer", chunk_size=chunk_size)
     assert torch.equal(shared.delta[0], shared.delta[2]) and not torch.equal(alone.delta[0], alone.delta[2])
     # the other subject's delta is what it is without sharing (its row never mixes with others)
@@ -263,27 +262,25 @@ def test_requests_about_one_subject_share_one_delta(tiny, chunk_size):
 
 
 def test_shared_subject_group_stops_when_all_its_requests_are_below_the_threshold(tiny):
-    from lit_edit.editors.locate import keys_values as kv
-
     model, tok = tiny("gpt2")
     layout = layout_for(model)
     reqs = _two_facts_about_one_subject()
-    hp = kv.ValueHParams(num_grad_steps=15, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+    hp = ValueHParams(num_grad_steps=15, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
                          stop_loss=None, stop_on="nll", share_subject=True)
-    free = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
+    free = value_targets(model, tok, layout, 2, reqs, TEMPLATES, hp, module="layer")
     a, b = [h[0] for h in free.history], [h[2] for h in free.history]
     # 1) a threshold between the two final NLLs: one request gets below it early, the other never
     #    does, so the group (and both its requests) runs every step
     low, high = sorted([a, b], key=lambda h: h[-1])
     thr = (low[-1] + high[-1]) / 2
     assert min(high) > thr and any(x < thr for x in low[:-1]), (a, b)
-    held = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
+    held = value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
                             module="layer")
     assert held.steps[0] == held.steps[2] == hp.num_grad_steps
     # 2) a threshold both cross: the group stops at the first step where both are below it
     thr = max(a[-1], b[-1]) + 1e-3
     stop_at = next(i for i, (x, y) in enumerate(zip(a, b)) if max(x, y) < thr)
-    stopped = kv.value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
+    stopped = value_targets(model, tok, layout, 2, reqs, TEMPLATES, dataclasses.replace(hp, stop_loss=thr),
                                module="layer")
     assert stopped.steps[0] == stopped.steps[2] == stop_at + 1
     assert max(stopped.nll[0], stopped.nll[2]) < thr

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lit_edit.editors.locate.keys_values import ValueHParams, joint_value_targets, value_targets
+from lit_edit.editors.locate.values import ValueHParams, joint_value_targets, value_targets
 from lit_edit.editors.pmet import PMETEditor
 from lit_edit.models.layouts import layout_for
 

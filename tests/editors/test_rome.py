@@ -16,8 +16,11 @@ import pytest
 import torch
 from tokenizers import processors
 
-import lit_edit.editors.locate.keys_values as kv
+import lit_edit.editors.locate.values as value_search
 from lit_edit.data.schema import EditRequest
+from lit_edit.editors.locate.keys import compute_keys
+from lit_edit.editors.locate.prompts import context_templates, fill_template, subject_last_token_positions
+from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.rome import CachedStatsProvider, ROMEEditor
 from lit_edit.models.layouts import layout_for, resolve
 from lit_edit.utils.hooks import capture
@@ -145,10 +148,10 @@ def test_failed_request_leaves_the_model_unchanged(check_failed_batch_is_undone)
 
 def test_subject_not_in_prompt_is_a_clear_error(tiny_tok):
     with pytest.raises(ValueError, match="subject 'Paris' not found in prompt"):
-        kv.subject_last_token_positions(tiny_tok, ["The Eiffel Tower is in"], ["Paris"])
+        subject_last_token_positions(tiny_tok, ["The Eiffel Tower is in"], ["Paris"])
     # text in a context prefix is not the subject
     with pytest.raises(ValueError, match="not found"):
-        kv.subject_last_token_positions(tiny_tok, ["Paris. The Eiffel Tower is in"], ["Paris"], search_from=[7])
+        subject_last_token_positions(tiny_tok, ["Paris. The Eiffel Tower is in"], ["Paris"], search_from=[7])
 
 
 def test_layer_out_of_range_is_the_layouts_error(tiny, requests_):
@@ -163,7 +166,7 @@ def test_subject_positions_at_start_with_bos_and_without_offsets(tiny_tok):
     tok = tiny_tok
     prompts = ["Danielle Darrieux's mother tongue is", "The mother tongue of Danielle Darrieux is"]
     subjects = ["Danielle Darrieux"] * 2
-    pos = kv.subject_last_token_positions(tok, prompts, subjects)
+    pos = subject_last_token_positions(tok, prompts, subjects)
     for p, i in zip(prompts, pos):
         tokens = tok.convert_ids_to_tokens(tok(p)["input_ids"])
         assert tokens[i].endswith("x") and not tokens[i + 1].endswith("x")
@@ -173,7 +176,7 @@ def test_subject_positions_at_start_with_bos_and_without_offsets(tiny_tok):
     bos_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
     assert bos_tok(prompts[0])["input_ids"][0] == tok.bos_token_id
-    assert kv.subject_last_token_positions(bos_tok, prompts, subjects) == [i + 1 for i in pos]
+    assert subject_last_token_positions(bos_tok, prompts, subjects) == [i + 1 for i in pos]
 
     class Slow:  # a tokenizer without offset mappings: ROME's prefix-length rule
         is_fast = False
@@ -181,20 +184,20 @@ def test_subject_positions_at_start_with_bos_and_without_offsets(tiny_tok):
         def __call__(self, text, add_special_tokens=True):
             return bos_tok(text, add_special_tokens=add_special_tokens)
 
-    assert kv.subject_last_token_positions(Slow(), prompts, subjects) == [i + 1 for i in pos]
+    assert subject_last_token_positions(Slow(), prompts, subjects) == [i + 1 for i in pos]
 
 
 def test_context_templates_are_deterministic_and_cached(tiny):
     model, tok = tiny("gpt2")
     rng_before = torch.random.get_rng_state()
-    a = kv.context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
-    b = kv.context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
+    a = context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
+    b = context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is untouched
     assert a == b and len(a) == 6 and a[0] == "{}"
     assert all(t.count("{}") == 1 and t.endswith(". {}") for t in a[1:])
-    assert kv.context_templates(model, tok, fixed=["{}", "Note: {}"]) == ["{}", "Note: {}"]
+    assert context_templates(model, tok, fixed=["{}", "Note: {}"]) == ["{}", "Note: {}"]
     with pytest.raises(ValueError, match="exactly one"):
-        kv.context_templates(model, tok, fixed=["no placeholder"])
+        context_templates(model, tok, fixed=["no placeholder"])
     editor = rome(context_templates=None, context_template_length_params=[[5, 2]], v_num_grad_steps=1)
     editor.prepare(model, tok)
     cached = editor.templates
@@ -216,8 +219,8 @@ def test_extra_context_templates_are_appended_checked_and_keep_the_subject_key(t
         rome(extra_context_templates=["no placeholder"])  # at construction, not at the first edit
     # text after the prompt cannot change the key at the subject's last token (causal attention)
     layout = layout_for(model)
-    bare = kv.compute_keys(model, tok, layout, LAYER, requests_[:2], ["{}"])
-    suffixed = kv.compute_keys(model, tok, layout, LAYER, requests_[:2], ["{} Answer:"])
+    bare = compute_keys(model, tok, layout, LAYER, requests_[:2], ["{}"])
+    suffixed = compute_keys(model, tok, layout, LAYER, requests_[:2], ["{} Answer:"])
     torch.testing.assert_close(suffixed, bare, rtol=1e-5, atol=1e-5)
 
 
@@ -227,13 +230,13 @@ def test_keys_match_a_plain_forward(tiny, requests_, arch, layer):
     """compute_keys stops after the edited block; the keys equal a full forward's."""
     model, tok = tiny(arch)
     layout = layout_for(model)
-    keys = kv.compute_keys(model, tok, layout, layer, requests_[:2], TEMPLATES, batch_size=3)
+    keys = compute_keys(model, tok, layout, layer, requests_[:2], TEMPLATES, batch_size=3)
     name = layout.name("mlp_out", layer)
     for r, req in enumerate(requests_[:2]):
         per_template = []
         for t in TEMPLATES:
-            prompt = kv.fill_template(t, req.prompt)
-            (pos,) = kv.subject_last_token_positions(tok, [prompt], [req.subject], search_from=[t.index("{}")])
+            prompt = fill_template(t, req.prompt)
+            (pos,) = subject_last_token_positions(tok, [prompt], [req.subject], search_from=[t.index("{}")])
             with torch.no_grad(), capture(model, [name], what="input") as seen:
                 model(**tok(prompt, return_tensors="pt"))
             per_template.append(seen[name][0, pos])
@@ -243,7 +246,7 @@ def test_keys_match_a_plain_forward(tiny, requests_, arch, layer):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_values_with_and_without_the_shortcuts_agree(tiny, requests_, arch, monkeypatch):
     """Replaying frozen blocks and caching the tokens before the subject change nothing."""
-    hp = kv.ValueHParams(num_grad_steps=3, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+    hp = ValueHParams(num_grad_steps=3, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
                          stop_loss=None)
     # a one-token subject opening the prompt (no BOS): rows whose prefix before the subject is empty
     first = EditRequest(prompt="The Eiffel Tower is in", target_new="Rome", subject="The")
@@ -254,49 +257,49 @@ def test_values_with_and_without_the_shortcuts_agree(tiny, requests_, arch, monk
             model, tok = tiny(arch)
             with monkeypatch.context() as m:
                 if not shortcuts:
-                    m.setattr(kv, "frozen_prefix", lambda *a, **k: contextlib.nullcontext())
-                results.append(kv.value_targets(model, tok, layout_for(model), 2, reqs, templates, hp,
+                    m.setattr(value_search, "frozen_prefix", lambda *a, **k: contextlib.nullcontext())
+                results.append(value_targets(model, tok, layout_for(model), 2, reqs, templates, hp,
                                                 reuse_prefix=shortcuts))
         assert torch.allclose(results[0].original, results[1].original, atol=1e-6, rtol=1e-5)
         assert torch.allclose(results[0].values, results[1].values, atol=1e-5, rtol=1e-4)
         assert results[0].nll == pytest.approx(results[1].nll, rel=1e-4, abs=1e-5)
     # requests are optimised independently: each alone gives the same delta as in the batch
-    together = kv.value_targets(*tiny(arch), layout_for(model), 2, three, TEMPLATES, hp)
-    alone = kv.value_targets(*tiny(arch), layout_for(model), 2, three[2:], TEMPLATES, hp)
+    together = value_targets(*tiny(arch), layout_for(model), 2, three, TEMPLATES, hp)
+    alone = value_targets(*tiny(arch), layout_for(model), 2, three[2:], TEMPLATES, hp)
     assert torch.allclose(alone.delta[0], together.delta[2], atol=1e-5, rtol=1e-4)
 
 
 def test_value_clamp_and_early_stop(tiny, requests_):
     model, tok = tiny("gpt2")
     layout = layout_for(model)
-    hp = kv.ValueHParams(num_grad_steps=10, lr=5.0, weight_decay=0.0, clamp_norm_factor=0.5, kl_factor=0.0,
+    hp = ValueHParams(num_grad_steps=10, lr=5.0, weight_decay=0.0, clamp_norm_factor=0.5, kl_factor=0.0,
                          stop_loss=None)
-    vt = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, hp)
+    vt = value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, hp)
     with torch.no_grad(), capture(model, [layout.name("mlp_out", LAYER)], what="output") as seen:
         model(**tok(requests_[0].prompt, return_tensors="pt"))
-    (pos,) = kv.subject_last_token_positions(tok, [requests_[0].prompt], [requests_[0].subject])
+    (pos,) = subject_last_token_positions(tok, [requests_[0].prompt], [requests_[0].subject])
     v_orig_norm = seen[layout.name("mlp_out", LAYER)][0, pos].norm()
     assert vt.delta.norm() <= 0.5 * v_orig_norm * (1 + 1e-5)
     assert vt.steps == [10]
-    stop = kv.ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=0.0, clamp_norm_factor=4.0, kl_factor=0.0,
+    stop = ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=0.0, clamp_norm_factor=4.0, kl_factor=0.0,
                            stop_loss=100.0)
-    vt = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, stop)
+    vt = value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, stop)
     assert vt.steps == [1] and torch.count_nonzero(vt.delta) == 0
     # stop_on="nll": the decay term no longer keeps the optimisation from stopping. The runs
     # follow the same trajectory until they stop, so the lowest NLL of a free run is a threshold
     # the NLL criterion meets by that pass while the total (NLL + decay > NLL) does not.
-    free = kv.ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=1.0, clamp_norm_factor=4.0, kl_factor=0.0,
+    free = ValueHParams(num_grad_steps=10, lr=0.5, weight_decay=1.0, clamp_norm_factor=4.0, kl_factor=0.0,
                            stop_loss=None)
-    history = [h[0] for h in kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, free).history]
+    history = [h[0] for h in value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, free).history]
     best = min(range(1, len(history)), key=history.__getitem__)
     assert history[best] < history[0] - 1e-3
-    by_nll = kv.ValueHParams(**{**free.__dict__, "stop_loss": history[best] + 1e-6, "stop_on": "nll"})
-    by_loss = kv.ValueHParams(**{**by_nll.__dict__, "stop_on": "loss"})
-    steps_nll = kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_nll).steps[0]
+    by_nll = ValueHParams(**{**free.__dict__, "stop_loss": history[best] + 1e-6, "stop_on": "nll"})
+    by_loss = ValueHParams(**{**by_nll.__dict__, "stop_on": "loss"})
+    steps_nll = value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_nll).steps[0]
     assert 1 < steps_nll <= best + 1
-    assert kv.value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_loss).steps[0] > steps_nll
+    assert value_targets(model, tok, layout, LAYER, requests_[:1], TEMPLATES, by_loss).steps[0] > steps_nll
     with pytest.raises(ValueError, match="stop_on"):
-        kv.ValueHParams(**{**by_nll.__dict__, "stop_on": "total"})
+        ValueHParams(**{**by_nll.__dict__, "stop_on": "total"})
 
 
 def test_extra_corpora_add_weighted_second_moments(tiny, fake_stats):
@@ -370,17 +373,17 @@ def test_dropping_finished_requests_from_the_forward_changes_nothing(tiny, reque
     layout = layout_for(model)
     built = []  # rows of every forward built: the compacted run must rebuild with fewer
     name = "_prefix_cached_forward" if shortcuts else "_full_forward"
-    original = getattr(kv, name)
-    monkeypatch.setattr(kv, name, lambda m, t, ids, *a, **k: built.append(len(ids)) or original(m, t, ids, *a, **k))
+    original = getattr(value_search, name)
+    monkeypatch.setattr(value_search, name, lambda m, t, ids, *a, **k: built.append(len(ids)) or original(m, t, ids, *a, **k))
     results = []
     for compact_below in (0.0, 0.99):
-        hp = kv.ValueHParams(num_grad_steps=12, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+        hp = ValueHParams(num_grad_steps=12, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
                              stop_loss=None, stop_on="nll", compact_below=compact_below)
-        free = kv.value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts)
+        free = value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts)
         # a stop threshold between the requests' final NLLs: they finish at different steps
         hp = dataclasses.replace(hp, stop_loss=sorted(free.nll)[1] + 1e-3)
         built.clear()
-        results.append(kv.value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts))
+        results.append(value_targets(model, tok, layout, 1, requests_[:3], TEMPLATES, hp, reuse_prefix=shortcuts))
     # the compacted run rebuilt its forward with fewer rows each time
     assert len(built) > 1 and built == sorted(built, reverse=True) and len(set(built)) == len(built), built
     plain, compacted = results
@@ -389,7 +392,7 @@ def test_dropping_finished_requests_from_the_forward_changes_nothing(tiny, reque
     assert torch.allclose(plain.values, compacted.values, atol=1e-5, rtol=1e-4)
     assert compacted.nll == pytest.approx(plain.nll, rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="compact_below"):
-        kv.ValueHParams(num_grad_steps=1, lr=1, weight_decay=0, clamp_norm_factor=1, kl_factor=0, stop_loss=None,
+        ValueHParams(num_grad_steps=1, lr=1, weight_decay=0, clamp_norm_factor=1, kl_factor=0, stop_loss=None,
                         compact_below=1.0)
 
 
@@ -400,10 +403,10 @@ def test_bf16_autocast_values_are_close_to_float32(each_tiny, requests_):
     layout = layout_for(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     attention = getattr(model.config, "_attn_implementation", None)
-    hp = kv.ValueHParams(num_grad_steps=4, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
+    hp = ValueHParams(num_grad_steps=4, lr=0.5, weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625,
                          stop_loss=None)
-    full = kv.value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, hp)
-    half = kv.value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, dataclasses.replace(hp, autocast="bf16"))
+    full = value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, hp)
+    half = value_targets(model, tok, layout, 1, requests_[:2], TEMPLATES, dataclasses.replace(hp, autocast="bf16"))
     assert full.values.dtype == half.values.dtype == torch.float32
     assert torch.equal(full.original, half.original)  # the float32 first step
     assert not torch.equal(full.values, half.values)  # bf16 did run

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
-from lit_edit.editors.locate.keys_values import (ROME_LENGTH_PARAMS, ValueHParams, ValueTargets, context_templates,
-                                                 split_template)
+from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_templates, split_template
 from lit_edit.editors.locate.value_cache import ValueCache
+from lit_edit.editors.locate.values import ValueHParams, ValueTargets
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
 
 class SecondMomentProvider(Protocol):
@@ -99,7 +99,7 @@ class LocateEditor(CallbackEditor):
 
     Args (keyword only, as in ``configs/editor/*.yaml``):
         v_num_grad_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, v_stop_loss, v_stop_on:
-            the ``v*``/``z*`` optimisation (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
+            the ``v*``/``z*`` optimisation (:class:`~lit_edit.editors.locate.values.ValueHParams`).
         mom2_adjustment: use the second moment ``C`` of keys (True) or ``C = I``.
         context_template_length_params: ``[[prefix_tokens, how_many], ...]`` of generated
             prefixes, besides the bare prompt (default: the class's ``default_length_params``).
@@ -117,7 +117,7 @@ class LocateEditor(CallbackEditor):
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
         v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` steps after a float32 first
-            one in bfloat16 (:class:`~lit_edit.editors.locate.keys_values.ValueHParams`).
+            one in bfloat16 (:class:`~lit_edit.editors.locate.values.ValueHParams`).
         v_share_subject: requests of one ``edit`` call with the same subject share one
             ``v*``/``z*`` delta (``ValueHParams.share_subject``; batch editors).
         v_cache_dir: keep optimised targets on disk there

@@ -23,7 +23,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.locate.keys_values import subject_last_token_positions
+from lit_edit.editors.locate.prompts import subject_last_token_positions
 from lit_edit.evaluation.metrics import token_accuracy
 from lit_edit.evaluation.scoring import teacher_forced
 from lit_edit.models.layouts import ModelLayout, resolve

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.locate.keys_values import ValueHParams, ValueTargets
+from lit_edit.editors.locate.values import ValueHParams, ValueTargets
 from lit_edit.editors.locate.stats import tokenizer_fingerprint
 from lit_edit.models.loading import model_fingerprint
 

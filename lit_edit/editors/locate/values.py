@@ -1,36 +1,27 @@
-"""Keys and values of locate-then-edit editors (ROME now; MEMIT, PMET, AlphaEdit reuse it).
+"""Values of locate-then-edit editors: the output that makes the model say the new target.
 
-An MLP down projection ``W`` (layout field ``mlp_out``) is read as a linear associative
-memory: its *input* at the subject's last token is the key ``k`` of a fact, its *output*
-there the value ``v``. Editing a fact means finding
+``v*`` (ROME) or ``z*`` (MEMIT, at the block output) is found by optimising a vector
+``delta`` added to a module's output at the subject's last token, over the context
+templates of :mod:`.prompts`, against the target's NLL, a KL term that keeps what the
+model thinks the subject *is*, and a weight decay / norm clamp. The editors then write
+``W k* = v*`` with the keys of :mod:`.keys`.
 
-- ``k*``: the key, averaged over a few random prefixes ("context templates") so the edit
-  does not depend on one exact wording (:func:`compute_keys`);
-- ``v*``: a value that makes the model say the new target, found by optimising a vector
-  ``delta`` added to the module's output at the subject's last token
-  (:func:`compute_values` / :func:`value_targets`);
+Optimisation replays the frozen blocks below the edited layer
+(:func:`lit_edit.utils.replay.frozen_prefix`), runs the LM head only on the scored
+positions (:func:`lit_edit.utils.forward.head_logits`, as ``logits_at`` does) and computes
+the tokens before the subject - which the optimised vector cannot change - once, keeping
+their keys/values in a KV cache: those three are where the speed comes from. Hooks go
+through :mod:`lit_edit.utils.hooks` only.
 
-and then writing ``W k* = v*`` into the weight (ROME: a rank-one update, see
-:mod:`lit_edit.editors.rome`; MEMIT: a least-squares update spread over several layers).
-
-Everything here works for any number of requests and any layer, so batch editors call it
-once per layer with all their requests. Value optimisation replays the frozen blocks below
-the edited layer (:func:`lit_edit.utils.replay.frozen_prefix`), runs the LM head only on
-the scored positions (:func:`lit_edit.utils.forward.head_logits`, as ``logits_at`` does) and
-computes the tokens before the subject - which the optimised vector cannot change - once,
-keeping their keys/values in a KV cache: those three are where the speed comes from. Hooks
-go through :mod:`lit_edit.utils.hooks` only.
-
-Sources: ROME (Meng et al., 2022, arXiv:2202.05262) and its code (``rome/compute_u.py``,
-``rome/compute_v.py``, ``rome/repr_tools.py``, ``rome/rome_main.py`` in kmeng01/rome);
-where this module deviates from the code it says so at the place.
+Sources: ROME (Meng et al., 2022, arXiv:2202.05262), ``rome/compute_v.py`` in
+kmeng01/rome; MEMIT's ``memit/compute_z.py`` (kmeng01/memit); where this module deviates
+from the code it says so at the place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -39,303 +30,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lit_edit.data.schema import EditRequest
+from lit_edit.editors.locate.prompts import (ESSENCE_TEMPLATE, check_subjects, pad_right, subject_last_token_positions,
+                                             templated_prompts)
 from lit_edit.models.layouts import ModelLayout, canonical_shape, get_module, resolve
 from lit_edit.utils.forward import decoder_body, head_logits
-from lit_edit.utils.hooks import capture, patch_output
+from lit_edit.utils.hooks import patch_output
 from lit_edit.utils.precision import eager_attention, low_precision_weights
 from lit_edit.utils.replay import frozen_prefix
 from lit_edit.utils.tokens import answer_batch, tokenize_pairs
-
-#: ROME's ``context_template_length_params``: (prefix length in tokens, how many) pairs.
-ROME_LENGTH_PARAMS: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
-#: Words the generated prefixes start from (MEMIT's and EasyEdit's choice; ROME started
-#: from GPT-2's ``<|endoftext|>``, which other tokenizers do not have).
-DEFAULT_STARTS: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
-#: ROME's KL ("essence") prompt: keeps what the model thinks the subject *is*.
-ESSENCE_TEMPLATE = "{} is a"
-
-
-# --- context templates ---------------------------------------------------------------------------
-
-
-def split_template(template: str) -> tuple[str, str]:
-    """``"prefix {} suffix"`` -> ``("prefix ", " suffix")``; exactly one ``{}`` is required."""
-    if template.count("{}") != 1:
-        raise ValueError(f"context template {template!r} must contain exactly one '{{}}' (where the prompt goes)")
-    prefix, suffix = template.split("{}")
-    return prefix, suffix
-
-
-def fill_template(template: str, prompt: str) -> str:
-    """The prompt placed in a context template (no ``str.format``: braces elsewhere are kept)."""
-    prefix, suffix = split_template(template)
-    return prefix + prompt + suffix
-
-
-def _clean_prefix(text: str) -> str:
-    text = text.replace("{", " ").replace("}", " ")  # a prefix must not add a placeholder
-    return re.sub(r"\s+", " ", text).strip()
-
-
-@torch.no_grad()
-def context_templates(
-    model: nn.Module,
-    tokenizer,
-    *,
-    length_params: Sequence[Sequence[int]] = ROME_LENGTH_PARAMS,
-    starts: Sequence[str] | None = None,
-    seed: int = 0,
-    top_k: int = 5,
-    fixed: Sequence[str] | None = None,
-) -> list[str]:
-    """``["{}"]`` plus short prefixes the model generates itself, each followed by ``". {}"``.
-
-    ROME averages keys and optimises values over the prompt preceded by random text so the
-    edit holds in context. For each ``(length, n)`` in ``length_params`` it samples ``n``
-    prefixes of ``length`` tokens (start word included) with top-``top_k`` sampling, spread
-    evenly over ``starts``. Sampling is seeded and runs under a forked RNG, so the same model
-    gives the same templates and the caller's random state is untouched. ``fixed`` (a list of
-    templates with one ``{}`` each, e.g. from a config) skips generation entirely.
-
-    Callers cache the result (the ROME editor keeps it on the editor object).
-    """
-    if fixed is not None:
-        templates = list(fixed)
-        if not templates:
-            raise ValueError("fixed context templates must not be empty (use ['{}'] for no context)")
-        for t in templates:
-            split_template(t)
-        return templates
-    starts = list(starts or DEFAULT_STARTS)
-    device = next(model.parameters()).device
-    templates = ["{}"]
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        for length, n in length_params:
-            length, n = int(length), int(n)
-            if n <= 0:
-                continue
-            per_start = [n // len(starts) + (1 if i < n % len(starts) else 0) for i in range(len(starts))]
-            for start, count in zip(starts, per_start):
-                if count == 0:
-                    continue
-                ids = tokenizer([start] * count, add_special_tokens=True, return_tensors="pt")
-                n_new = max(1, length - ids["input_ids"].shape[1])
-                out = model.generate(
-                    input_ids=ids["input_ids"].to(device),
-                    attention_mask=ids["attention_mask"].to(device),
-                    do_sample=True,
-                    top_k=top_k,
-                    top_p=1.0,
-                    temperature=1.0,
-                    max_new_tokens=n_new,
-                    min_new_tokens=n_new,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                for row in out:
-                    text = _clean_prefix(tokenizer.decode(row, skip_special_tokens=True))
-                    templates.append(f"{text}. {{}}" if text else "{}")
-    return templates
-
-
-# --- where the subject is ------------------------------------------------------------------------
-
-
-def subject_char_span(prompt: str, subject: str, start: int = 0) -> tuple[int, int]:
-    """``(first, end)`` characters of the subject's first occurrence at or after ``start``."""
-    if not subject:
-        raise ValueError(f"an empty subject cannot be located in prompt {prompt!r}")
-    at = prompt.find(subject, start)
-    if at < 0:
-        where = f" (searching from character {start})" if start else ""
-        raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}{where}")
-    return at, at + len(subject)
-
-
-def subject_last_token_positions(
-    tokenizer,
-    prompts: Sequence[str],
-    subjects: Sequence[str],
-    *,
-    search_from: Sequence[int] | None = None,
-) -> list[int]:
-    """Index of the subject's last token in ``tokenizer(prompt, add_special_tokens=True)``.
-
-    The subject is the first occurrence at or after character ``search_from[i]`` (default 0;
-    pass the length of a context prefix so text in the prefix is never mistaken for it).
-    Fast tokenizers map characters to tokens through offsets, so BOS tokens, subjects at the
-    very start and BPE merges across the subject's boundary are all handled: the answer is
-    the token containing the subject's last character. Tokenizers without offsets fall back
-    to ROME's rule: the number of tokens of the text up to the subject's end, minus one.
-    """
-    if len(prompts) != len(subjects):
-        raise ValueError(f"{len(prompts)} prompts but {len(subjects)} subjects")
-    starts = list(search_from) if search_from is not None else [0] * len(prompts)
-    ends = [subject_char_span(prompt, subject, start)[1] for prompt, subject, start in zip(prompts, subjects, starts)]
-    if not prompts:
-        return []
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(list(prompts), add_special_tokens=True, return_offsets_mapping=True)
-        positions = []
-        for prompt, subject, end, offsets in zip(prompts, subjects, ends, enc["offset_mapping"]):
-            inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < end]
-            if not inside:
-                raise ValueError(f"no token of prompt {prompt!r} covers subject {subject!r}")
-            positions.append(max(inside))
-        return positions
-    return [len(tokenizer(p[:end], add_special_tokens=True)["input_ids"]) - 1 for p, end in zip(prompts, ends)]
-
-
-def _check_subjects(requests: Sequence[EditRequest]) -> None:
-    for r in requests:
-        if not r.subject:
-            where = f" ({r.source})" if r.source else ""
-            raise ValueError(f"request{where} {r.prompt!r} has no subject: locate-then-edit editors need one")
-
-
-def _templated(requests: Sequence[EditRequest], templates: Sequence[str]) -> tuple[list[str], list[str], list[int]]:
-    """Every request's prompt in every template: prompts, subjects, subject search starts."""
-    if not templates:
-        raise ValueError("at least one context template is needed (use ['{}'] for the bare prompt)")
-    parts = [split_template(t) for t in templates]
-    prompts, subjects, starts = [], [], []
-    for r in requests:
-        for prefix, suffix in parts:
-            prompts.append(prefix + r.prompt + suffix)
-            subjects.append(r.subject)
-            starts.append(len(prefix))
-    return prompts, subjects, starts
-
-
-def _pad_right(ids: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[Tensor, Tensor]:
-    seq = length or max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), seq), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), seq, dtype=torch.long)
-    for r, x in enumerate(ids):
-        input_ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
-        mask[r, : len(x)] = 1
-    return input_ids, mask
-
-
-# --- keys ------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def compute_keys(
-    model: nn.Module,
-    tokenizer,
-    layout: ModelLayout,
-    layer: int,
-    requests: Sequence[EditRequest],
-    templates: Sequence[str],
-    *,
-    module: str = "mlp_out",
-    batch_size: int = 64,
-) -> Tensor:
-    """ROME's ``k*``: the input of ``module`` at the subject's last token, averaged over templates.
-
-    Returns ``[n_requests, d_in]`` in float32. Only blocks ``0..layer`` run: the forward
-    stops after the edited block (the recording pass of :func:`frozen_prefix`).
-    """
-    _check_subjects(requests)
-    return subject_states(model, tokenizer, layout, module, layer, requests, templates, what="input",
-                          batch_size=batch_size)
-
-
-@torch.no_grad()
-def subject_states(
-    model: nn.Module,
-    tokenizer,
-    layout: ModelLayout,
-    module: str,
-    layer: int,
-    requests: Sequence[EditRequest],
-    templates: Sequence[str],
-    *,
-    what: str,
-    batch_size: int = 64,
-) -> Tensor:
-    """The ``what`` (``"input"`` or ``"output"``) of layout field ``module`` at ``layer``, read at
-    the subject's last token and averaged over ``templates``: ``[n_requests, d]`` float32.
-
-    Shared by :func:`compute_keys` (``mlp_out`` inputs) and MEMIT's ``layer_outputs`` (block
-    outputs). Only blocks ``0..layer`` run: the forward stops after that block (the recording
-    pass of :func:`frozen_prefix`).
-    """
-    prompts, subjects, starts = _templated(requests, templates)
-    positions = subject_last_token_positions(tokenizer, prompts, subjects, search_from=starts)
-    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    states = []
-    for lo, batch in _module_states(model, tokenizer, layout, module, layer, ids, what=what, batch_size=batch_size):
-        cols = torch.tensor(positions[lo : lo + len(batch)], device=batch.device)
-        states.append(batch[torch.arange(len(cols), device=batch.device), cols].float())
-    per_prompt = torch.cat(states)
-    return per_prompt.view(len(requests), len(templates), -1).mean(1)
-
-
-def _module_states(model: nn.Module, tokenizer, layout: ModelLayout, module: str, layer: int,
-                   ids: Sequence[Sequence[int]], *, what: str, batch_size: int):
-    """``(offset, states [b, seq, d])`` per batch of right-padded ``ids``: the ``what`` of layout
-    field ``module`` at ``layer``; only blocks ``0..layer`` run."""
-    target = resolve(model, module, layer, layout)  # checks the layer index
-    name = layout.name(module, layer)
-    device = next(model.parameters()).device
-    body = decoder_body(model)
-    for lo in range(0, len(ids), batch_size):
-        input_ids, mask = _pad_right(ids[lo : lo + batch_size], tokenizer.pad_token_id)
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        forward = lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)  # noqa: E731
-        with capture(model, [name], what=what) as seen:
-            # the recording pass runs blocks 0..layer and stops: nothing above is computed
-            with frozen_prefix(model, layout, layer + 1, forward):
-                pass
-        if name not in seen:
-            raise RuntimeError(f"{type(target).__name__} {name} did not run in the forward pass")
-        yield lo, seen[name]
-
-
-@torch.no_grad()
-def prompt_context_keys(
-    model: nn.Module,
-    tokenizer,
-    layout: ModelLayout,
-    layer: int,
-    requests: Sequence[EditRequest],
-    *,
-    module: str = "mlp_out",
-    batch_size: int = 64,
-) -> Tensor:
-    """Inputs of ``module`` at every token of each bare prompt that is not part of the subject.
-
-    MEMIT's preserved set is ``C`` of a text corpus; these are the keys of the edit prompts' own
-    context (the question around the subject), which a batch write should leave as it found them:
-    the edit is meant to act at the subject alone. Returns ``[m, d_in]`` float32, one row per token.
-    """
-    _check_subjects(requests)
-    prompts = [r.prompt for r in requests]
-    enc = tokenizer(prompts, add_special_tokens=True, return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)))
-    keep = []
-    for i, (prompt, r) in enumerate(zip(prompts, requests)):
-        at, end = subject_char_span(prompt, r.subject)
-        if "offset_mapping" in enc:
-            keep.append([not (s < end and e > at) for s, e in enc["offset_mapping"][i]])
-        else:  # ROME's rule: tokens of the text before the subject, then those after its end
-            first = len(tokenizer(prompt[:at], add_special_tokens=True)["input_ids"])
-            last = len(tokenizer(prompt[:end], add_special_tokens=True)["input_ids"])
-            keep.append([not (first <= j < last) for j in range(len(enc["input_ids"][i]))])
-    rows = []
-    for lo, batch in _module_states(model, tokenizer, layout, module, layer, enc["input_ids"], what="input",
-                                    batch_size=batch_size):
-        for j in range(len(batch)):
-            flags = torch.tensor(keep[lo + j], dtype=torch.bool, device=batch.device)
-            rows.append(batch[j, : len(flags)][flags].float())
-    if not rows:
-        raise ValueError("prompt_context_keys needs at least one request")
-    return torch.cat(rows)
-
-
-# --- values ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -413,8 +115,9 @@ class ValueTargets:
 
     ``original`` is the module's output at the subject's last token averaged over the
     context templates - for an affine module exactly ``module(k*)`` with ``k*`` from
-    :func:`compute_keys` - and ``values = original + delta`` is ``v*``. Locate-then-edit
-    updates therefore write ``module(k*) = v*``, i.e. move the averaged output by ``delta``.
+    :func:`~lit_edit.editors.locate.keys.compute_keys` - and ``values = original + delta``
+    is ``v*``. Locate-then-edit updates therefore write ``module(k*) = v*``, i.e. move the
+    averaged output by ``delta``.
     """
 
     values: Tensor  # [n, d_out] v*
@@ -502,7 +205,7 @@ def joint_value_targets(
     With more than one chunk, ``progress`` shows a bar over the requests: a MEMIT batch of 100
     spends most of its minutes here, and one chunk is the unit a user can see move.
     """
-    _check_subjects(requests)
+    check_subjects(requests)
     group_of = _delta_groups(requests, hp.share_subject)
     if chunk_size is not None and len(requests) > chunk_size:
         chunks = _chunks(group_of, chunk_size)
@@ -524,7 +227,7 @@ def joint_value_targets(
     device = next(model.parameters()).device
 
     # rewriting prompts (every template x request) + one essence prompt per request
-    prompts, subjects, starts = _templated(requests, templates)
+    prompts, subjects, starts = templated_prompts(requests, templates)
     answers = [r.target_new for r in requests for _ in range(n_templates)]
     pairs = tokenize_pairs(tokenizer, prompts, answers, max_length)
     subj_pos = subject_last_token_positions(tokenizer, prompts, subjects, search_from=starts)
@@ -755,7 +458,7 @@ def _chunks(group_of: Sequence[int], size: int) -> list[list[int]]:
 
 def _full_forward(model: nn.Module, tokenizer, rows_ids: list[list[int]], device) -> Callable[[], Any]:
     """The decoder body over whole right-padded rows (positions are the natural ones)."""
-    input_ids, mask = _pad_right(rows_ids, tokenizer.pad_token_id)
+    input_ids, mask = pad_right(rows_ids, tokenizer.pad_token_id)
     input_ids, mask = input_ids.to(device), mask.to(device)
     body = decoder_body(model)
     return lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)
@@ -775,8 +478,8 @@ def _prefix_cached_forward(
     body = decoder_body(model)
     pad = tokenizer.pad_token_id
     width = max(cut)
-    prefix_ids, prefix_mask = _pad_right([x[:c] for x, c in zip(rows_ids, cut)], pad, max(width, 1))
-    suffix_ids, suffix_mask = _pad_right([x[c:] for x, c in zip(rows_ids, cut)], pad)
+    prefix_ids, prefix_mask = pad_right([x[:c] for x, c in zip(rows_ids, cut)], pad, max(width, 1))
+    suffix_ids, suffix_mask = pad_right([x[c:] for x, c in zip(rows_ids, cut)], pad)
     cache = None
     if width > 0:
         # No padding mask here: causal attention already keeps the trailing pads out of the real
@@ -795,11 +498,6 @@ def _prefix_cached_forward(
                     past_key_values=past, use_cache=past is not None)
 
     return forward, cols - torch.tensor(cut)[rows]
-
-
-def compute_values(*args: Any, **kwargs: Any) -> Tensor:
-    """ROME's ``v*`` per request: ``[n_requests, d_out]``; the arguments of :func:`value_targets`."""
-    return value_targets(*args, **kwargs).values
 
 
 def _output_width(model: nn.Module, module: nn.Module) -> int:
