@@ -44,6 +44,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from lit_edit.editors.learned.base import EditSignal, LearnedEditor, reverse_grad
+from lit_edit.utils.tokens import pad_right
 
 
 class ConditionEncoder(nn.Module):
@@ -127,9 +128,7 @@ class KnowledgeEditor(LearnedEditor):
         encoded = tok(texts, add_special_tokens=False)["input_ids"]
         encoded = [ids[: self.hparams.condition_max_length] or [tok.pad_token_id] for ids in encoded]
         # right padding, whatever the tokenizer's default side: pack_padded_sequence expects it
-        input_ids = torch.full((len(encoded), max(map(len, encoded))), tok.pad_token_id, dtype=torch.long)
-        for i, ids in enumerate(encoded):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
+        input_ids, _ = pad_right(encoded, tok.pad_token_id)
         device = next(model.parameters()).device
         with torch.no_grad():
             embedded = model.get_input_embeddings()(input_ids.to(device)).float()

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_edit.utils.forward import logits_at
+from lit_edit.utils.tokens import pad_right
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,7 @@ class PerplexityProbe:
         total = 0.0
         for lo in range(0, len(self.windows), per_batch):
             chunk = self.windows[lo : lo + per_batch]
-            width = max(len(w) for w in chunk)
-            ids = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for r, w in enumerate(chunk):
-                ids[r, : len(w)] = w
-                mask[r, : len(w)] = 1
+            ids, mask = pad_right(chunk, 0)  # pad id 0: padded positions are masked and never scored
             rows = torch.cat([torch.full((len(w) - 1,), r) for r, w in enumerate(chunk)])
             cols = torch.cat([torch.arange(len(w) - 1) for w in chunk])
             targets = ids[rows, cols + 1]

@@ -80,6 +80,21 @@ class AnswerBatch:
         return AnswerBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def pad_right(ids: Sequence[Sequence[int] | Tensor], pad_id: int, length: int | None = None) -> tuple[Tensor, Tensor]:
+    """Token rows right-padded to one length (``length`` or the longest), and their attention mask.
+
+    Right padding keeps every real token at its natural position, so positions found on the
+    unpadded text (a subject's last token, an answer's first) index the batch unchanged.
+    """
+    seq = length or max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), seq), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), seq, dtype=torch.long)
+    for r, x in enumerate(ids):
+        input_ids[r, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+        mask[r, : len(x)] = 1
+    return input_ids, mask
+
+
 def answer_batch(pairs: TokenizedPairs, indices: Sequence[int], pad_id: int, *, from_last_prompt: bool = False) -> AnswerBatch:
     """Pad ``pairs[indices]`` on the right and list the answer-token prediction positions.
 
@@ -88,14 +103,10 @@ def answer_batch(pairs: TokenizedPairs, indices: Sequence[int], pad_id: int, *, 
     (ROME's FT-L objective); causal attention makes that identical to feeding the prompt
     alone, so one batch serves both objectives.
     """
-    seq = max(len(pairs.ids[i]) for i in indices)
-    ids = torch.full((len(indices), seq), pad_id, dtype=torch.long)
-    att = torch.zeros(len(indices), seq, dtype=torch.long)
+    ids, att = pad_right([pairs.ids[i] for i in indices], pad_id)
     rows, cols, targets, pair, slot = [], [], [], [], []
     for r, i in enumerate(indices):
         x, k = pairs.ids[i], pairs.n_prompt[i]
-        ids[r, : len(x)] = torch.tensor(x)
-        att[r, : len(x)] = 1
         for j in range(len(x) - k):
             rows.append(r)
             cols.append(k - 1 if from_last_prompt else k + j - 1)

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.locate.prompts import (check_subjects, pad_right, subject_char_span, subject_last_token_positions,
+from lit_edit.editors.locate.prompts import (check_subjects, subject_char_span, subject_last_token_positions,
                                              templated_prompts)
 from lit_edit.models.layouts import ModelLayout, resolve
 from lit_edit.utils.forward import decoder_body
 from lit_edit.utils.hooks import capture
 from lit_edit.utils.replay import frozen_prefix
+from lit_edit.utils.tokens import pad_right
 
 
 @torch.no_grad()

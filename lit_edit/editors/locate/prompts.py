@@ -17,7 +17,7 @@ import re
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lit_edit.data.schema import EditRequest
 
@@ -184,18 +184,3 @@ def templated_prompts(
             subjects.append(r.subject)
             starts.append(len(prefix))
     return prompts, subjects, starts
-
-
-def pad_right(ids: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[Tensor, Tensor]:
-    """Token rows right-padded to one length (``length`` or the longest), and their attention mask.
-
-    Right padding keeps every real token at its natural position, which the subject positions
-    computed on unpadded prompts rely on.
-    """
-    seq = length or max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), seq), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), seq, dtype=torch.long)
-    for r, x in enumerate(ids):
-        input_ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
-        mask[r, : len(x)] = 1
-    return input_ids, mask

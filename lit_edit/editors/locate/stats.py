@@ -69,6 +69,7 @@ from lit_edit.editors.locate.corpus import source_signature, text_samples, texts
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
 from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.hooks import capture, patch_output
+from lit_edit.utils.tokens import pad_right
 
 FORMAT = "lit_edit.second_moment/1"
 TENSOR = "second_moment"
@@ -404,12 +405,7 @@ class SecondMomentStats:
         try:
             with capture(model, modules, what="input") as keys, patch_output(resolve(model, last), stop):
                 for batch in _length_batches([len(x) for x in ids], int(cfg.token_budget)):
-                    width = len(ids[batch[0]])
-                    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(batch), width), dtype=torch.long)
-                    for row, i in enumerate(batch):
-                        input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                        mask[row, : len(ids[i])] = 1
+                    input_ids, mask = pad_right([ids[i] for i in batch], pad, len(ids[batch[0]]))
                     input_ids, mask = input_ids.to(device), mask.to(device)
                     keys.clear()
                     try:

@@ -30,14 +30,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.locate.prompts import (ESSENCE_TEMPLATE, check_subjects, pad_right, subject_last_token_positions,
+from lit_edit.editors.locate.prompts import (ESSENCE_TEMPLATE, check_subjects, subject_last_token_positions,
                                              templated_prompts)
 from lit_edit.models.layouts import ModelLayout, canonical_shape, get_module, resolve
 from lit_edit.utils.forward import decoder_body, head_logits
 from lit_edit.utils.hooks import patch_output
 from lit_edit.utils.precision import eager_attention, low_precision_weights
 from lit_edit.utils.replay import frozen_prefix
-from lit_edit.utils.tokens import answer_batch, tokenize_pairs
+from lit_edit.utils.tokens import answer_batch, pad_right, tokenize_pairs
 
 
 @dataclass(frozen=True)
