@@ -1,6 +1,6 @@
 """Precompute (or time) the second-moment statistics locate-then-edit editors need.
 
-    python -m lit_edit.editors.locate --model smollm2_135m --layers 3 4 5 6 7 8
+    python -m lit_edit.editors.locate --model smollm2_135m --layers 3 4 5 6 7
     python -m lit_edit.editors.locate --model smollm2_135m --layers 7 --n-samples 1000
 
 Computes ``C = E[k k^T]`` of ``mlp_out``'s input at every given layer in one pass over the
