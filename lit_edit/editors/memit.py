@@ -345,7 +345,8 @@ class MEMITEditor(LocateEditor):
         (from ``v_cache_dir`` when the same model, requests and settings were optimised before)."""
         return self._cached_targets(
             model, tokenizer, self.layers[-1], ["layer"], requests,
-            lambda: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates, self.hp,
+            lambda: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
+                                  self.value_hp(model),
                                   module="layer", max_length=self.max_length, chunk_size=self.v_chunk_size))
 
     def _keys(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int,

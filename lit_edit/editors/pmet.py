@@ -52,7 +52,8 @@ class PMETEditor(MEMITEditor):
 
     def _value_targets(self, model: nn.Module, tokenizer, layout: ModelLayout,
                        requests: Sequence[EditRequest]) -> ValueTargets:
-        found = joint_value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates, self.hp,
+        found = joint_value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
+                                    self.value_hp(model),
                                     modules=["attn_out", "mlp_out"], max_length=self.max_length,
                                     chunk_size=self.v_chunk_size)
         self.last_attention_targets = found["attn_out"]

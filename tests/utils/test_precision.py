@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_edit.utils.precision import eager_attention, low_precision_weights
+from lit_edit.utils.precision import eager_attention, low_precision_weights, native_bf16, resolve_autocast
 
 
 def _tied() -> nn.Sequential:
@@ -59,3 +59,26 @@ def test_eager_attention_leaves_other_modules_alone():
     with eager_attention(lin):
         pass
     assert not hasattr(lin, "config")
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(False, False, None), (True, False, "bf16"),
+                                                        (True, True, "bf16"), (False, True, None)])
+def test_auto_autocast_is_bf16_only_on_cpus_with_amx(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert native_bf16("cpu") is (expected == "bf16")
+    assert resolve_autocast("auto", "cpu") == expected
+    # explicit settings are kept whatever the hardware
+    assert resolve_autocast("bf16", "cpu") == "bf16" and resolve_autocast(None, "cpu") is None
+
+
+def test_auto_autocast_without_the_private_probes_is_float32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert resolve_autocast("auto", torch.device("cpu")) is None
+    assert resolve_autocast("auto", "meta") is None  # no bf16 claim for devices it cannot probe
+
+
+def test_unknown_autocast_setting_names_the_choices():
+    with pytest.raises(ValueError, match="'auto'.*'fp16'"):
+        resolve_autocast("fp16", "cpu")

@@ -9,6 +9,7 @@ and implements ``edit``. :class:`CachedStatsProvider` is the default source of `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
@@ -20,6 +21,7 @@ from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_template
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.locate.values import ValueHParams, ValueTargets
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
+from lit_edit.utils.precision import AUTOCAST_SETTINGS, resolve_autocast
 
 class SecondMomentProvider(Protocol):
     """Anything that returns ``C = E[k k^T]`` (``[d_in, d_in]``) of ``mlp_out``'s input at a layer.
@@ -117,7 +119,10 @@ class LocateEditor(CallbackEditor):
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
         v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` steps after a float32 first
-            one in bfloat16 (:class:`~lit_edit.editors.locate.values.ValueHParams`).
+            one in bfloat16 (:class:`~lit_edit.editors.locate.values.ValueHParams`); ``"auto"``:
+            bf16 where the model's device multiplies bfloat16 natively, else float32
+            (:func:`~lit_edit.utils.precision.resolve_autocast`), decided at each optimisation
+            because Lightning moves the model to its device after the editor's ``setup``.
         v_share_subject: requests of one ``edit`` call with the same subject share one
             ``v*``/``z*`` delta (``ValueHParams.share_subject``; batch editors).
         v_cache_dir: keep optimised targets on disk there
@@ -158,11 +163,15 @@ class LocateEditor(CallbackEditor):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        if v_autocast not in AUTOCAST_SETTINGS:
+            raise ValueError(f"v_autocast must be null, 'bf16' or 'auto', got {v_autocast!r}")
+        self.v_autocast = v_autocast
+        # the value optimisation's settings; autocast "auto" is resolved per call (value_hp)
         self.hp = ValueHParams(
             num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
             clamp_norm_factor=float(clamp_norm_factor), kl_factor=float(kl_factor),
             stop_loss=None if v_stop_loss is None else float(v_stop_loss), stop_on=str(v_stop_on),
-            autocast=v_autocast, share_subject=bool(v_share_subject),
+            autocast=None if v_autocast == "auto" else v_autocast, share_subject=bool(v_share_subject),
         )
         self.mom2_adjustment = bool(mom2_adjustment)
         if context_template_length_params is None:
@@ -256,6 +265,11 @@ class LocateEditor(CallbackEditor):
         return self.layout
 
     # -- editing helpers -----------------------------------------------------------------------
+    def value_hp(self, model: nn.Module) -> ValueHParams:
+        """:attr:`hp` with ``v_autocast`` resolved for the device ``model`` is on now."""
+        autocast = resolve_autocast(self.v_autocast, next(model.parameters()).device)
+        return self.hp if autocast == self.hp.autocast else dataclasses.replace(self.hp, autocast=autocast)
+
     def _require_subjects(self, requests: Sequence[EditRequest]) -> None:
         for r in requests:
             if not r.subject:
@@ -268,7 +282,8 @@ class LocateEditor(CallbackEditor):
         if self.value_cache is None:
             return compute()
         key = self.value_cache.key(model, tokenizer, layer=layer, modules=modules, requests=requests,
-                                   templates=self.templates, hp=self.hp, max_length=self.max_length)
+                                   templates=self.templates, hp=self.value_hp(model),
+                                   max_length=self.max_length)
         return self.value_cache.get_or_compute(key, compute, device=next(model.parameters()).device)
 
     def _snapshot(self, layout: ModelLayout, modules: Mapping[int, nn.Module]) -> WeightSnapshot:
