@@ -67,11 +67,11 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         model.set_attn_implementation(current)
 
 
-#: what an ``autocast`` setting may be: float32 (``None``), bfloat16, or bfloat16 where it is native
+#: what an ``autocast`` setting may be: float32 (``None``), bfloat16, or bfloat16 where it is the faster
 AUTOCAST_SETTINGS = (None, "bf16", "auto")
 
 
-def native_bf16(device: torch.device | str) -> bool:
+def fast_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 matrix products on ``device`` beat float32 ones.
 
     CUDA: what the GPU reports (Ampere and later). CPU: AMX tiles only. AVX-512 BF16 without
@@ -88,9 +88,9 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 def resolve_autocast(setting: str | None, device: torch.device | str) -> str | None:
-    """``None`` or ``"bf16"`` for an ``autocast`` setting on ``device`` (``"auto"``: bf16 where native)."""
+    """``None`` or ``"bf16"`` for an ``autocast`` setting on ``device`` (``"auto"``: bf16 where it is the faster)."""
     if setting not in AUTOCAST_SETTINGS:
         raise ValueError(f"autocast must be null, 'bf16' or 'auto', got {setting!r}")
     if setting == "auto":
-        return "bf16" if native_bf16(device) else None
+        return "bf16" if fast_bf16(device) else None
     return setting

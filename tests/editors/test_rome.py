@@ -346,15 +346,15 @@ def test_stats_adapter_passes_settings_and_unwraps_the_matrix(tiny, requests_, f
         CachedStatsProvider({})
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_autocast_follows_the_models_device_at_each_optimisation(tiny, monkeypatch, native):
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_autocast_follows_the_models_device_at_each_optimisation(tiny, monkeypatch, fast):
     """"auto" is decided when values are optimised: Lightning moves the model after the editor's setup."""
     import lit_edit.utils.precision as precision
-    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
     model, _ = tiny("llama")
     editor = rome(v_autocast="auto")
     assert editor.hp.autocast is None  # nothing decided before a model is seen
-    assert editor.value_hp(model).autocast == ("bf16" if native else None)
+    assert editor.value_hp(model).autocast == ("bf16" if fast else None)
     assert rome(v_autocast="bf16").value_hp(model).autocast == "bf16"  # explicit settings stay
     with pytest.raises(ValueError, match="v_autocast must be null, 'bf16' or 'auto', got 'fp8'"):
         rome(v_autocast="fp8")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_edit.utils.precision import eager_attention, low_precision_weights, native_bf16, resolve_autocast
+from lit_edit.utils.precision import eager_attention, fast_bf16, low_precision_weights, resolve_autocast
 
 
 def _tied() -> nn.Sequential:
@@ -66,7 +66,7 @@ def test_eager_attention_leaves_other_modules_alone():
 def test_auto_autocast_is_bf16_only_on_cpus_with_amx(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    assert native_bf16("cpu") is (expected == "bf16")
+    assert fast_bf16("cpu") is (expected == "bf16")
     assert resolve_autocast("auto", "cpu") == expected
     # explicit settings are kept whatever the hardware
     assert resolve_autocast("bf16", "cpu") == "bf16" and resolve_autocast(None, "cpu") is None

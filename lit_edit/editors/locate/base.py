@@ -120,7 +120,8 @@ class LocateEditor(CallbackEditor):
             result, bounded memory; ``None``: all requests of an ``edit`` call together).
         v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` steps after a float32 first
             one in bfloat16 (:class:`~lit_edit.editors.locate.values.ValueHParams`); ``"auto"``:
-            bf16 where the model's device multiplies bfloat16 natively, else float32
+            bf16 where bfloat16 products are the faster on the model's device (a CPU with AMX, a CUDA GPU
+            with bf16), else float32
             (:func:`~lit_edit.utils.precision.resolve_autocast`), decided at each optimisation
             because Lightning moves the model to its device after the editor's ``setup``.
         v_share_subject: requests of one ``edit`` call with the same subject share one
