@@ -87,10 +87,15 @@ def fast_bf16(device: torch.device | str) -> bool:
     return False
 
 
+def check_autocast(setting: str | None, name: str = "autocast") -> str | None:
+    """``setting``, if it is one of :data:`AUTOCAST_SETTINGS`; ``name`` is the option the error names."""
+    if setting not in AUTOCAST_SETTINGS:
+        raise ValueError(f"{name} must be null, 'bf16' or 'auto', got {setting!r}")
+    return setting
+
+
 def resolve_autocast(setting: str | None, device: torch.device | str) -> str | None:
     """``None`` or ``"bf16"`` for an ``autocast`` setting on ``device`` (``"auto"``: bf16 where it is the faster)."""
-    if setting not in AUTOCAST_SETTINGS:
-        raise ValueError(f"autocast must be null, 'bf16' or 'auto', got {setting!r}")
-    if setting == "auto":
+    if check_autocast(setting) == "auto":
         return "bf16" if fast_bf16(device) else None
     return setting

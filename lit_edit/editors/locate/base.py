@@ -21,7 +21,7 @@ from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_template
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.locate.values import ValueHParams, ValueTargets
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
-from lit_edit.utils.precision import AUTOCAST_SETTINGS, resolve_autocast
+from lit_edit.utils.precision import check_autocast, resolve_autocast
 
 class SecondMomentProvider(Protocol):
     """Anything that returns ``C = E[k k^T]`` (``[d_in, d_in]``) of ``mlp_out``'s input at a layer.
@@ -164,9 +164,7 @@ class LocateEditor(CallbackEditor):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        if v_autocast not in AUTOCAST_SETTINGS:
-            raise ValueError(f"v_autocast must be null, 'bf16' or 'auto', got {v_autocast!r}")
-        self.v_autocast = v_autocast
+        self.v_autocast = check_autocast(v_autocast, "v_autocast")
         # the value optimisation's settings; autocast "auto" is resolved per call (value_hp)
         self.hp = ValueHParams(
             num_grad_steps=int(v_num_grad_steps), lr=float(v_lr), weight_decay=float(v_weight_decay),
