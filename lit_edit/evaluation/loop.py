@@ -38,6 +38,7 @@ from lit_edit.evaluation.results import (
 )
 from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
 from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.utils.precision import check_autocast, resolve_autocast
 from lit_edit.utils.tokens import tokenize_pairs
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,7 @@ class EvalConfig:
                 raise ValueError(f"eval.{field_name} must be one of {allowed}, got {value!r}")
         if self.protocol == "generation_em":
             self.generation_em = True
-        if self.autocast not in (None, "bf16"):
-            raise ValueError(f"eval.autocast must be null or 'bf16', got {self.autocast!r}")
+        check_autocast(self.autocast, "eval.autocast")
         if self.batch_size < 1 or self.every_n < 1:
             raise ValueError("eval.batch_size and eval.every_n must be >= 1")
         if self.perplexity and not self.perplexity_path:
@@ -228,9 +228,14 @@ class EditingLoop(L.LightningModule):
         return len(counts) == 1 and batch_idx + 1 == counts[0]
 
     # -- scoring ---------------------------------------------------------------------------
+    @property
+    def _scoring_precision(self) -> str | None:
+        """``eval.autocast`` on the device the model is on now (``"auto"``: bf16 where it is the faster)."""
+        return resolve_autocast(self.cfg.autocast, self.device)
+
     def _score(self, rows: Sequence[ProbeRow]):
         pairs = tokenize_pairs(self.tokenizer, [r.prompt for r in rows], [r.answer for r in rows], self.cfg.max_length)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._scoring_precision == "bf16"):
             return teacher_forced(self.model, pairs, pad_id=self.pad_id, token_budget=self.cfg.token_budget)
 
     def _sequential_point(self, stage: str) -> dict[str, Any]:
@@ -440,7 +445,7 @@ class EditingLoop(L.LightningModule):
             mode=cfg.mode,
             eval_at=cfg.eval_at,
             protocol=cfg.protocol,
-            autocast=cfg.autocast,
+            autocast=self._scoring_precision,
             editor=getattr(self.editor, "name", type(self.editor).__name__),
             **self.run_info,
         )

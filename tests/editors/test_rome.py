@@ -198,6 +198,24 @@ def test_context_templates_are_deterministic_and_cached(tiny):
     assert context_templates(model, tok, fixed=["{}", "Note: {}"]) == ["{}", "Note: {}"]
     with pytest.raises(ValueError, match="exactly one"):
         context_templates(model, tok, fixed=["no placeholder"])
+    # document_start: generation reads it first, the templates never contain it, the prefix
+    # length leaves it out; without it the templates are exactly the ones above
+    seen = []
+    generate = model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["input_ids"].clone())
+        return generate(**kwargs)
+
+    model.generate = spy
+    try:
+        started = context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3, document_start=tok.eos_token)
+    finally:
+        del model.generate
+    eos = tok.eos_token_id
+    assert all(ids.shape[1] >= 2 and bool((ids[:, 0] == eos).all()) and bool((ids[:, 1:] != eos).all()) for ids in seen)
+    assert len(started) == 6 and all(tok.eos_token not in t for t in started)
+    assert started != a and context_templates(model, tok, length_params=[[5, 3], [8, 2]], seed=3) == a
     editor = rome(context_templates=None, context_template_length_params=[[5, 2]], v_num_grad_steps=1)
     editor.prepare(model, tok)
     cached = editor.templates

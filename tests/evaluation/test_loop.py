@@ -108,6 +108,29 @@ def test_counterfact_and_generation_protocols(tiny, requests_):
 def test_bad_eval_config_is_a_clear_error():
     with pytest.raises(ValueError, match="eval.mode"):
         EvalConfig(mode="parallel")
+    with pytest.raises(ValueError, match="eval.autocast must be null, 'bf16' or 'auto'"):
+        EvalConfig(autocast="fp16")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_autocast_scores_in_what_the_device_does_fastest(tiny, requests_, monkeypatch, amx):
+    """``auto`` scores under bf16 only where the probe says bf16 is the faster; the summary
+    names the precision actually used, and scores under bf16 go through torch.autocast."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    model, tok = tiny("llama")
+    entered = []
+    real = torch.autocast
+
+    class Spy(real):
+        def __init__(self, device_type, dtype=None, enabled=True, **kw):
+            entered.append(enabled)
+            super().__init__(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", Spy)
+    summary = run(model, tok, NoEdit(), requests_[:2], autocast="auto")
+    assert summary["autocast"] == ("bf16" if amx else None)
+    assert entered and all(e is amx for e in entered)
+    assert summary["locality"] == 1.0
 
 
 class _TimedNoEdit(NoEdit):

@@ -112,6 +112,10 @@ class LocateEditor(CallbackEditor):
             the subject and the answer, which a rephrase often puts there. The generated
             prefixes come before the prompt and cannot teach that. Empty (ROME, MEMIT): none.
         context_template_seed: seed of the prefix sampling (deterministic templates).
+        context_template_start: text the model's pretraining documents start with (SmolLM2:
+            ``"<|endoftext|>"``), given before the start words when the prefixes are generated
+            (:func:`~lit_edit.editors.locate.prompts.context_templates`' ``document_start``);
+            ``None``: none (MEMIT's code).
         stats: settings of the default statistics provider (:attr:`default_stats_provider`).
         stats_provider: any object with ``get(model, tokenizer, layout, layer)`` returning
             ``C`` (and optionally ``get_many(model, tokenizer, layout, layers)``); overrides ``stats``.
@@ -154,6 +158,7 @@ class LocateEditor(CallbackEditor):
         context_templates: Sequence[str] | None = None,
         extra_context_templates: Sequence[str] = (),
         context_template_seed: int = 0,
+        context_template_start: str | None = None,
         stats: Mapping[str, Any] | None = None,
         stats_provider: SecondMomentProvider | None = None,
         max_length: int = 128,
@@ -181,6 +186,7 @@ class LocateEditor(CallbackEditor):
         for template in self.extra_templates:
             split_template(template)  # exactly one "{}", else a readable error now, not at the first edit
         self.context_template_seed = int(context_template_seed)
+        self.context_template_start = context_template_start or None
         self.stats = dict(stats or {})
         self.stats_provider = stats_provider
         self.max_length = max_length
@@ -229,6 +235,7 @@ class LocateEditor(CallbackEditor):
             self.templates = context_templates(
                 model, tokenizer, length_params=self.context_template_length_params,
                 seed=self.context_template_seed, fixed=self.fixed_templates,
+                document_start=self.context_template_start,
             ) + self.extra_templates
             # logged under the subclass's module (lit_edit.editors.rome / .memit), as before
             logging.getLogger(type(self).__module__).info("%s context templates: %s", self.algorithm, self.templates)

@@ -62,6 +62,7 @@ def context_templates(
     seed: int = 0,
     top_k: int = 5,
     fixed: Sequence[str] | None = None,
+    document_start: str | None = None,
 ) -> list[str]:
     """``["{}"]`` plus short prefixes the model generates itself, each followed by ``". {}"``.
 
@@ -71,6 +72,15 @@ def context_templates(
     evenly over ``starts``. Sampling is seeded and runs under a forked RNG, so the same model
     gives the same templates and the caller's random state is untouched. ``fixed`` (a list of
     templates with one ``{}`` each, e.g. from a config) skips generation entirely.
+
+    ``document_start``: text the model saw at the start of its pretraining documents (e.g.
+    SmolLM2's ``"<|endoftext|>"``), put before each start word for the generation only. A
+    model whose tokenizer adds no such token may read a start word at position 0 as the middle
+    of something: SmolLM2-135M-Instruct follows a bare "The" with "-" 42 % of the time, and
+    its prefixes read "The-the-key-to-be-."; after "<|endoftext|>" it writes "The first step of
+    the process is to gather the". ROME's code started its prefixes from GPT-2's
+    "<|endoftext|>" for this reason. ``None``: the start word with the tokenizer's own special
+    tokens only (MEMIT's code). The templates never contain it: only the generated text is kept.
 
     Callers cache the result (the ROME editor keeps it on the editor object).
     """
@@ -85,6 +95,9 @@ def context_templates(
     device = next(model.parameters()).device
     templates = ["{}"]
     fork_devices = [device] if device.type == "cuda" else []
+    lead = tokenizer(document_start, add_special_tokens=False)["input_ids"] if document_start else []
+    if document_start and not lead:
+        raise ValueError(f"document_start {document_start!r} is no token of this tokenizer")
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         for length, n in length_params:
@@ -95,11 +108,12 @@ def context_templates(
             for start, count in zip(starts, per_start):
                 if count == 0:
                     continue
-                ids = tokenizer([start] * count, add_special_tokens=True, return_tensors="pt")
-                n_new = max(1, length - ids["input_ids"].shape[1])
+                ids = tokenizer([start] * count, add_special_tokens=True, return_tensors="pt")["input_ids"]
+                n_new = max(1, length - ids.shape[1])  # the prefix's length leaves document_start out
+                ids = torch.cat([torch.tensor([lead] * count, dtype=ids.dtype).view(count, len(lead)), ids], dim=1)
                 out = model.generate(
-                    input_ids=ids["input_ids"].to(device),
-                    attention_mask=ids["attention_mask"].to(device),
+                    input_ids=ids.to(device),
+                    attention_mask=torch.ones_like(ids).to(device),
                     do_sample=True,
                     top_k=top_k,
                     top_p=1.0,
@@ -109,7 +123,7 @@ def context_templates(
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 for row in out:
-                    text = _clean_prefix(tokenizer.decode(row, skip_special_tokens=True))
+                    text = _clean_prefix(tokenizer.decode(row[len(lead):], skip_special_tokens=True))
                     templates.append(f"{text}. {{}}" if text else "{}")
     return templates
 
