@@ -112,8 +112,8 @@ class LocateEditor(CallbackEditor):
             the subject and the answer, which a rephrase often puts there. The generated
             prefixes come before the prompt and cannot teach that. Empty (ROME, MEMIT): none.
         context_template_seed: seed of the prefix sampling (deterministic templates).
-        context_template_start: text the model's pretraining documents start with (SmolLM2:
-            ``"<|endoftext|>"``), given before the start words when the prefixes are generated
+        context_template_start: text the model's pretraining documents start with (e.g.
+            SmolLM2's ``"<|endoftext|>"``), given before the start words when the prefixes are generated
             (:func:`~lit_edit.editors.locate.prompts.context_templates`' ``document_start``);
             ``None``: none (MEMIT's code).
         stats: settings of the default statistics provider (:attr:`default_stats_provider`).

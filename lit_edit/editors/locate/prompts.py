@@ -79,7 +79,7 @@ def context_templates(
     of something: SmolLM2-135M-Instruct follows a bare "The" with "-" 42 % of the time, and
     its prefixes read "The-the-key-to-be-."; after "<|endoftext|>" it writes "The first step of
     the process is to gather the". ROME's code started its prefixes from GPT-2's
-    "<|endoftext|>" for this reason. ``None``: the start word with the tokenizer's own special
+    "<|endoftext|>" too. ``None``: the start word with the tokenizer's own special
     tokens only (MEMIT's code). The templates never contain it: only the generated text is kept.
 
     Callers cache the result (the ROME editor keeps it on the editor object).
