@@ -110,7 +110,7 @@ def context_templates(
                     continue
                 ids = tokenizer([start] * count, add_special_tokens=True, return_tensors="pt")["input_ids"]
                 n_new = max(1, length - ids.shape[1])  # the prefix's length leaves document_start out
-                ids = torch.cat([torch.tensor([lead] * count, dtype=ids.dtype).view(count, len(lead)), ids], dim=1)
+                ids = torch.cat([torch.tensor([lead] * count, dtype=ids.dtype), ids], dim=1)  # [count, 0] without a lead
                 out = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=torch.ones_like(ids).to(device),
