@@ -344,10 +344,10 @@ class MEMITEditor(LocateEditor):
         """``z*``: the residual stream at the last edited layer that makes the model say the target
         (from ``v_cache_dir`` when the same model, requests and settings were optimised before)."""
         return self._cached_targets(
-            model, tokenizer, self.layers[-1], ["layer"], requests,
-            lambda: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
-                                  self.value_hp(model),
-                                  module="layer", max_length=self.max_length, chunk_size=self.v_chunk_size))
+            model, tokenizer, self.layers[-1], "layer",
+            lambda store: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
+                                        self.value_hp(model), module="layer", max_length=self.max_length,
+                                        chunk_size=self.v_chunk_size, store=store))
 
     def _keys(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int,
               requests: Sequence[EditRequest]) -> tuple[Tensor, Tensor | None]:

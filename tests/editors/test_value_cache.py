@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-import lit_edit.editors.memit as memit_module
+import lit_edit.editors.locate.values as values_module
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.memit import MEMITEditor
 from lit_edit.models.layouts import canonical_weight, resolve
@@ -28,18 +28,34 @@ def written(model) -> list[torch.Tensor]:
     return [canonical_weight(resolve(model, "mlp_out", layer)).detach().clone() for layer in LAYERS]
 
 
+class Killed(Exception):
+    """Stands for a job stopped mid-batch (a kill, a lost machine)."""
+
+
 @pytest.fixture
-def counted_optimisation(monkeypatch):
-    """How many times MEMIT really optimised z* (cache misses)."""
-    calls = []
-    real = memit_module.value_targets
+def chunk_optimisations(monkeypatch):
+    """The subjects of every chunk whose z* is really optimised (not looked up); ``kill_after[0] = n``
+    stops the batch when the (n+1)-th optimisation starts."""
+    optimised: list[list[str]] = []
+    kill_after: list[int | None] = [None]
+    real = values_module.joint_value_targets
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def watching(model, tokenizer, layout, layer, requests, *args, **kwargs):
+        chunked = kwargs.get("chunk_size") is not None and len(requests) > kwargs["chunk_size"]
+        if kwargs.get("store") is None and not chunked:  # an optimisation, not a lookup or a split
+            if kill_after[0] is not None and len(optimised) == kill_after[0]:
+                raise Killed
+            optimised.append([r.subject for r in requests])
+        return real(model, tokenizer, layout, layer, requests, *args, **kwargs)
 
-    monkeypatch.setattr(memit_module, "value_targets", counting)
-    return calls
+    monkeypatch.setattr(values_module, "joint_value_targets", watching)
+    return optimised, kill_after
+
+
+@pytest.fixture
+def counted_optimisation(chunk_optimisations):
+    """One entry per real z* optimisation of a (one-chunk) batch."""
+    return chunk_optimisations[0]
 
 
 def test_a_hit_reproduces_the_edit_without_optimising(tiny, facts_ending_with_subject, tmp_path, counted_optimisation):
@@ -47,12 +63,12 @@ def test_a_hit_reproduces_the_edit_without_optimising(tiny, facts_ending_with_su
     first_model, tok = tiny("llama")
     first = memit(tmp_path)
     first.edit(first_model, tok, reqs)
-    assert counted_optimisation == [1] and len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert len(counted_optimisation) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
 
     second_model, _ = tiny("llama")
     second = memit(tmp_path)
     second.edit(second_model, tok, reqs)
-    assert counted_optimisation == [1] and second.value_cache.hits == 1
+    assert len(counted_optimisation) == 1 and second.value_cache.hits == 1
     for a, b in zip(written(first_model), written(second_model)):
         assert torch.equal(a, b)
     cached, fresh = second.last_targets, first.last_targets
@@ -96,3 +112,45 @@ def test_a_foreign_file_under_the_key_is_reported_and_kept(tiny, facts_ending_wi
     with pytest.raises(RuntimeError, match="not a value-target cache entry"):
         editor.edit(model, tok, facts_ending_with_subject)
     assert path.read_bytes() == before
+
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_a_stopped_batch_resumes_at_its_first_unfinished_chunk(tiny, facts_ending_with_subject, tmp_path,
+                                                               chunk_optimisations, rounds):
+    reqs = facts_ending_with_subject
+    optimised, kill_after = chunk_optimisations
+    tok = tiny("llama")[1]
+    reference = tiny("llama")[0]
+    memit(tmp_path / "reference", v_chunk_size=1, rounds=rounds).edit(reference, tok, reqs)
+    per_run = len(optimised)
+    assert per_run == len(reqs) * rounds and all(len(chunk) == 1 for chunk in optimised)
+
+    optimised.clear()
+    kill_after[0] = per_run - 2  # stopped in the last round, two chunks before the end
+    model = tiny("llama")[0]
+    before = written(model)
+    with pytest.raises(Killed):
+        memit(tmp_path / "resumed", v_chunk_size=1, rounds=rounds).edit(model, tok, reqs)
+    assert all(torch.equal(a, b) for a, b in zip(before, written(model)))  # nothing half-written
+    assert len(list((tmp_path / "resumed").glob("*.safetensors"))) == per_run - 2  # the finished chunks stay
+
+    optimised.clear()
+    kill_after[0] = None
+    resumed = memit(tmp_path / "resumed", v_chunk_size=1, rounds=rounds)
+    resumed.edit(model, tok, reqs)
+    assert optimised == [[r.subject] for r in reqs[-2:]]  # only the two it had not finished
+    assert resumed.value_cache.hits == per_run - 2
+    for a, b in zip(written(reference), written(model)):
+        assert torch.equal(a, b)
+
+
+def test_one_chunk_is_one_entry_keyed_by_the_whole_batch(tiny, facts_ending_with_subject, tmp_path):
+    """Without chunking (or a batch within one chunk) the entry's key is that of all requests."""
+    model, tok = tiny("llama")
+    editor = memit(tmp_path, v_chunk_size=len(facts_ending_with_subject))
+    editor.edit(model, tok, facts_ending_with_subject)
+    fresh = tiny("llama")[0]
+    key = editor.value_cache.key(fresh, tok, layer=LAYERS[-1], modules=["layer"], requests=facts_ending_with_subject,
+                                 templates=editor.templates, hp=editor.hp, max_length=editor.max_length)
+    assert [p.name for p in tmp_path.glob("*.safetensors")] == [f"{key}.safetensors"]

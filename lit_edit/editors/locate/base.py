@@ -19,8 +19,9 @@ from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
 from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_templates, split_template
 from lit_edit.editors.locate.value_cache import ValueCache
-from lit_edit.editors.locate.values import ValueHParams, ValueTargets
+from lit_edit.editors.locate.values import ChunkStore, ValueHParams, ValueTargets
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
+from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.precision import check_autocast, resolve_autocast
 
 class SecondMomentProvider(Protocol):
@@ -282,15 +283,23 @@ class LocateEditor(CallbackEditor):
                 raise ValueError(f"{self.algorithm} needs the request's subject; "
                                  f"request {r.source or r.prompt!r} has none")
 
-    def _cached_targets(self, model: nn.Module, tokenizer, layer: int, modules: Sequence[str],
-                        requests: Sequence[EditRequest], compute: Callable[[], ValueTargets]) -> ValueTargets:
-        """``compute()``, or the same targets from :attr:`value_cache` when it has them."""
+    def _cached_targets(self, model: nn.Module, tokenizer, layer: int, module: str,
+                        compute: Callable[[ChunkStore | None], ValueTargets]) -> ValueTargets:
+        """``compute(store)``: the value optimisation of ``module`` at ``layer``, which asks ``store``
+        for each chunk of requests (:func:`~lit_edit.editors.locate.values.joint_value_targets`);
+        the store answers from :attr:`value_cache` and keeps what was optimised, chunk by chunk."""
         if self.value_cache is None:
-            return compute()
-        key = self.value_cache.key(model, tokenizer, layer=layer, modules=modules, requests=requests,
-                                   templates=self.templates, hp=self.value_hp(model),
-                                   max_length=self.max_length)
-        return self.value_cache.get_or_compute(key, compute, device=next(model.parameters()).device)
+            return compute(None)
+        cache, hp, device = self.value_cache, self.value_hp(model), next(model.parameters()).device
+        weights = model_fingerprint(model, samples=None)  # once: the weights do not change while z* is optimised
+
+        def store(requests: Sequence[EditRequest],
+                  optimise: Callable[[], dict[str, ValueTargets]]) -> dict[str, ValueTargets]:
+            key = cache.key(model, tokenizer, layer=layer, modules=[module], requests=requests,
+                            templates=self.templates, hp=hp, max_length=self.max_length, weights=weights)
+            return {module: cache.get_or_compute(key, lambda: optimise()[module], device=device)}
+
+        return compute(store)
 
     def _snapshot(self, layout: ModelLayout, modules: Mapping[int, nn.Module]) -> WeightSnapshot:
         """Copies of the weights of ``modules`` (``mlp_out`` per edited layer) before the edit."""

@@ -8,6 +8,11 @@ layer range below the last one, nor the update rule. So MEMIT at another ``lambd
 AlphaEdit on the same batch with the same ``z*`` settings, reuses the targets instead of
 optimising them again.
 
+Entries are per chunk of requests (``v_chunk_size``; the whole batch when it is one chunk),
+written as each chunk finishes, so a batch edit that stops after hours keeps what it optimised and
+the same command resumes at the first chunk it had not finished
+(:func:`~lit_edit.editors.locate.values.joint_value_targets`, ``store``).
+
 Key: a SHA-256 over a JSON description of those inputs, with the weights hashed in full
 (``model_fingerprint(samples=None)``, every element of every parameter: a sampled fingerprint could miss a sparse edit, and a wrong
 hit would silently write the wrong targets). One ``<key>.safetensors`` file per entry holds
@@ -50,11 +55,13 @@ class ValueCache:
         self.misses = 0
 
     def key(self, model: nn.Module, tokenizer, *, layer: int, modules: Sequence[str],
-            requests: Sequence[EditRequest], templates: Sequence[str], hp: ValueHParams, max_length: int) -> str:
-        """The entry's name: a hash of every input the targets depend on."""
+            requests: Sequence[EditRequest], templates: Sequence[str], hp: ValueHParams, max_length: int,
+            weights: str | None = None) -> str:
+        """The entry's name: a hash of every input the targets depend on. ``weights``: the model's
+        full fingerprint when the caller already has it (``model_fingerprint(model, samples=None)``)."""
         blob = json.dumps({
             "format": FORMAT,
-            "weights": model_fingerprint(model, samples=None),
+            "weights": weights or model_fingerprint(model, samples=None),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "layer": int(layer),
             "modules": list(modules),

@@ -130,6 +130,11 @@ class ValueTargets:
     delta_ratio: list[float] | None = None  # ||delta|| / ||v_orig|| per request (the clamp binds at clamp_norm_factor)
 
 
+#: ``store(requests, optimise)``: the targets of one chunk of requests per layout field, from
+#: wherever the store keeps them, or ``optimise()``'s (which the store may then keep).
+ChunkStore = Callable[[Sequence[EditRequest], Callable[[], dict[str, ValueTargets]]], dict[str, ValueTargets]]
+
+
 def value_targets(
     model: nn.Module,
     tokenizer,
@@ -144,6 +149,7 @@ def value_targets(
     reuse_prefix: bool = True,
     chunk_size: int | None = None,
     progress: bool = True,
+    store: ChunkStore | None = None,
 ) -> ValueTargets:
     """Optimise one ``delta`` per request, added to ``module``'s output at the subject's last token.
 
@@ -171,7 +177,7 @@ def value_targets(
     """
     return joint_value_targets(model, tokenizer, layout, layer, requests, templates, hp, modules=[module],
                                max_length=max_length, reuse_prefix=reuse_prefix, chunk_size=chunk_size,
-                               progress=progress)[module]
+                               progress=progress, store=store)[module]
 
 
 def joint_value_targets(
@@ -188,6 +194,7 @@ def joint_value_targets(
     reuse_prefix: bool = True,
     chunk_size: int | None = None,
     progress: bool = True,
+    store: ChunkStore | None = None,
 ) -> dict[str, ValueTargets]:
     """:func:`value_targets` with one ``delta`` per request *and per module* of ``layer``, optimised together.
 
@@ -204,6 +211,11 @@ def joint_value_targets(
     once peaked at 16 GB RSS - chunks are what let a batch of 1000 MEMIT edits run on a laptop.
     With more than one chunk, ``progress`` shows a bar over the requests: a MEMIT batch of 100
     spends most of its minutes here, and one chunk is the unit a user can see move.
+
+    ``store(chunk_requests, optimise)`` (:data:`ChunkStore`), when given, is asked for every
+    chunk's targets (for all requests when there is one chunk) and calls ``optimise`` only for
+    what it does not have: the z* cache keeps each chunk as it finishes, so a batch of 1000
+    edits stopped after hours resumes at the first chunk it had not finished.
     """
     check_subjects(requests)
     group_of = _delta_groups(requests, hp.share_subject)
@@ -214,11 +226,15 @@ def joint_value_targets(
             for idx in chunks:
                 parts.append(joint_value_targets(model, tokenizer, layout, layer, [requests[i] for i in idx],
                                                  templates, hp, modules=modules, max_length=max_length,
-                                                 reuse_prefix=reuse_prefix))
+                                                 reuse_prefix=reuse_prefix, store=store))
                 bar.update(len(idx))
         order = [i for idx in chunks for i in idx]
         back = sorted(range(len(order)), key=order.__getitem__)  # chunk order -> request order
         return {name: _take_targets(_concat_targets([p[name] for p in parts]), back) for name in modules}
+    if store is not None:  # one chunk (or all requests): looked up, or optimised and kept, as a whole
+        return store(list(requests), lambda: joint_value_targets(
+            model, tokenizer, layout, layer, requests, templates, hp, modules=modules, max_length=max_length,
+            reuse_prefix=reuse_prefix, progress=progress))
     modules = list(modules)
     if not modules or len(set(modules)) != len(modules):
         raise ValueError(f"modules must be distinct layout fields, got {modules}")
