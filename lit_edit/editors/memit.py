@@ -290,12 +290,14 @@ class MEMITEditor(LocateEditor):
         if not requests:
             return snapshot
         self.last_timings = {}
+        self.last_counts = {}
         device = next(model.parameters()).device
         try:
             for round_ in range(self.rounds):
                 with self._phase("values", device):
                     vt = self._value_targets(model, tokenizer, layout, requests)
                 self.last_round_targets.append(vt)
+                self._count("value_steps", sum(vt.steps))
                 moving = int((vt.delta.norm(dim=-1) > 0).sum())
                 logging.getLogger(__name__).info(
                     "%s round %d/%d: %d of %d requests get a z* correction (mean %.1f optimisation steps)",

@@ -69,6 +69,8 @@ def test_a_hit_reproduces_the_edit_without_optimising(tiny, facts_ending_with_su
     second = memit(tmp_path)
     second.edit(second_model, tok, reqs)
     assert len(counted_optimisation) == 1 and second.value_cache.hits == 1
+    assert "cached_values" not in first.last_counts and second.last_counts["cached_values"] == len(reqs)
+    assert second.last_counts["value_steps"] == first.last_counts["value_steps"] == sum(first.last_targets.steps)
     for a, b in zip(written(first_model), written(second_model)):
         assert torch.equal(a, b)
     cached, fresh = second.last_targets, first.last_targets
@@ -141,6 +143,7 @@ def test_a_stopped_batch_resumes_at_its_first_unfinished_chunk(tiny, facts_endin
     resumed.edit(model, tok, reqs)
     assert optimised == [[r.subject] for r in reqs[-2:]]  # only the two it had not finished
     assert resumed.value_cache.hits == per_run - 2
+    assert resumed.last_counts["cached_values"] == per_run - 2  # the run's time leaves them out: reported
     for a, b in zip(written(reference), written(model)):
         assert torch.equal(a, b)
 
