@@ -104,7 +104,10 @@ Deviations from the MEMIT code, all deliberate (``rounds: 1``, ``v_share_subject
 ``extra_context_templates: []`` give MEMIT's algorithm):
 - Keys are a plain mean over the context templates (MEMIT averages within the group
   ``["{}"]`` and within the generated group, then over the two groups, so the bare prompt
-  weighs 1/2; here it weighs 1/len(templates)).
+  weighs 1/2; here it weighs 1/len(templates), 2/8 with the tuned templates, as "{} Answer:" has
+  the same key). Measured on one batch of 100 ZsRE facts (data.seed=6, tuned values): MEMIT's
+  weighting 0.957/0.764/0.892, no bare prompt (the generated prefixes and "Question: {}" evenly)
+  0.926/0.749/0.890, the plain mean 0.939/0.763/0.900.
 - The current ``z`` is averaged over the context templates like ``v*``'s ``original``
   (:class:`~lit_edit.editors.locate.values.ValueTargets`), where MEMIT reads it on
   the bare prompt and takes ``z*`` = bare value + delta. Both make the first residual exactly
