@@ -116,7 +116,6 @@ def test_a_foreign_file_under_the_key_is_reported_and_kept(tiny, facts_ending_wi
     assert path.read_bytes() == before
 
 
-
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_a_stopped_batch_resumes_at_its_first_unfinished_chunk(tiny, facts_ending_with_subject, tmp_path,
                                                                chunk_optimisations, rounds):
