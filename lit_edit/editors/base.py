@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lit_edit.data.schema import EditRequest
@@ -53,6 +54,20 @@ class WeightSnapshot(EditHandle):
         self._undone = True
 
 
+class EditInterrupted(SIGTERMException):
+    """SIGTERM honoured inside one long edit, at a point where the work done so far is kept.
+
+    Lightning looks at SIGTERM only between batches, and a batch edit of 1000 facts is one
+    batch of hours: a scheduler's stop would wait for its end (or its SIGKILL). The message
+    says where to resume; as a ``SystemExit`` with a message the process exits with status 1
+    (a bare ``SIGTERMException`` exits 0, as if the run had finished).
+    """
+
+
+def _never() -> bool:
+    return False
+
+
 class Editor(abc.ABC):
     """A knowledge editor. Subclasses implement :meth:`edit`; :meth:`prepare` is optional."""
 
@@ -70,6 +85,9 @@ class Editor(abc.ABC):
         # "value_steps", the v*/z* forward passes): seconds alone do not say whether an edit was
         # slow because each step was or because it took many; the loop reports both per edit
         self.last_counts: dict[str, float] = {}
+        # asked between the kept pieces of one long edit (MEMIT's z* chunks), which then raise
+        # EditInterrupted; CallbackEditor points it at the Trainer's SIGTERM flag
+        self.stop_requested: Callable[[], bool] = _never
 
     def _count(self, name: str, amount: float) -> None:
         """Add ``amount`` to ``last_counts[name]``."""
@@ -102,6 +120,7 @@ class CallbackEditor(Editor, L.Callback):
     """A training-free editor plugged into the Trainer; prepares itself at ``setup``."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.stop_requested = lambda: bool(trainer.received_sigterm)
         self.prepare(pl_module.model, pl_module.tokenizer, getattr(pl_module, "layout", None))
 
 

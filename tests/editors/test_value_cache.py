@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import lit_edit.editors.locate.values as values_module
+from lit_edit.editors.base import EditInterrupted
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.memit import MEMITEditor
+from lit_edit.evaluation.loop import EditingLoop, EvalConfig
 from lit_edit.models.layouts import canonical_weight, resolve
 
 from _support.locate import tiny_value_settings
@@ -145,6 +151,48 @@ def test_a_stopped_batch_resumes_at_its_first_unfinished_chunk(tiny, facts_endin
     assert resumed.last_counts["cached_values"] == per_run - 2  # the run's time leaves them out: reported
     for a, b in zip(written(reference), written(model)):
         assert torch.equal(a, b)
+
+
+def batch_edit_in_the_loop(model, tok, editor, requests) -> None:
+    """``edit.py``'s path for one batch: the editor is a Trainer callback, all requests one test batch."""
+    loop = EditingLoop(model, tok, editor, EvalConfig(mode="batch", batch_size=len(requests), fluency=False))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[editor])
+    trainer.test(loop, dataloaders=DataLoader(requests, batch_size=len(requests), collate_fn=list), verbose=False)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_sigterm_stops_a_batch_edit_at_its_next_chunk(tiny, facts_ending_with_subject, tmp_path, monkeypatch, cached):
+    """Lightning acts on SIGTERM only between batches; a batch edit checks it between z* chunks."""
+    reqs = facts_ending_with_subject
+    model, tok = tiny("llama")
+    real, optimised = values_module.joint_value_targets, []
+
+    def terminated_after_first(model_, tokenizer, layout, layer, requests, *args, **kwargs):
+        chunked = kwargs.get("chunk_size") is not None and len(requests) > kwargs["chunk_size"]
+        out = real(model_, tokenizer, layout, layer, requests, *args, **kwargs)
+        if kwargs.get("store") is None and not chunked:  # one chunk optimised: the scheduler's stop arrives
+            optimised.append(requests)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(values_module, "joint_value_targets", terminated_after_first)
+    before = written(model)
+    editor = memit(tmp_path, v_chunk_size=1, v_cache_dir=str(tmp_path) if cached else None)
+    with pytest.raises(EditInterrupted, match=r"stopped on SIGTERM before optimising z\* at layer 2 for 1 more") as stop:
+        batch_edit_in_the_loop(model, tok, editor, reqs)
+    assert len(optimised) == 1  # at the next chunk, not at the end of the batch
+    assert stop.value.code == str(stop.value)  # SystemExit with a message: exit status 1, not 0
+    message = str(stop.value)
+    assert f"z* cache {tmp_path}: the same command resumes" in message if cached else "nothing of it is kept" in message
+    assert all(torch.equal(a, b) for a, b in zip(before, written(model)))  # nothing written
+    assert len(list(tmp_path.glob("*.safetensors"))) == (1 if cached else 0)
+
+    if cached:  # the same command, not stopped, goes on from the finished chunk
+        monkeypatch.setattr(values_module, "joint_value_targets", real)
+        resumed = memit(tmp_path, v_chunk_size=1)
+        batch_edit_in_the_loop(model, tok, resumed, reqs)
+        assert resumed.value_cache.hits == 1 and resumed.last_counts["cached_values"] == 1
 
 
 def test_one_chunk_is_one_entry_keyed_by_the_whole_batch(tiny, facts_ending_with_subject, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
-from lit_edit.editors.base import CallbackEditor, WeightSnapshot
+from lit_edit.editors.base import CallbackEditor, EditInterrupted, WeightSnapshot
 from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_templates, split_template
 from lit_edit.editors.locate.value_cache import ValueCache
 from lit_edit.editors.locate.values import ChunkStore, ValueHParams, ValueTargets
@@ -284,13 +284,28 @@ class LocateEditor(CallbackEditor):
                                  f"request {r.source or r.prompt!r} has none")
 
     def _cached_targets(self, model: nn.Module, tokenizer, layer: int, module: str,
-                        compute: Callable[[ChunkStore | None], ValueTargets]) -> ValueTargets:
+                        compute: Callable[[ChunkStore], ValueTargets]) -> ValueTargets:
         """``compute(store)``: the value optimisation of ``module`` at ``layer``, which asks ``store``
         for each chunk of requests (:func:`~lit_edit.editors.locate.values.joint_value_targets`);
-        the store answers from :attr:`value_cache` and keeps what was optimised, chunk by chunk."""
-        if self.value_cache is None:
-            return compute(None)
-        cache, hp, device = self.value_cache, self.value_hp(model), next(model.parameters()).device
+        the store answers from :attr:`value_cache` and keeps what was optimised, chunk by chunk.
+
+        Before optimising a chunk it asks :attr:`stop_requested`: a SIGTERM in a batch of hours
+        stops at the next chunk (``EditInterrupted``) instead of at the batch's end, and with the
+        cache the finished chunks are what the same command resumes from."""
+        cache = self.value_cache
+
+        def unless_stopped(requests: Sequence[EditRequest],
+                           optimise: Callable[[], dict[str, ValueTargets]]) -> dict[str, ValueTargets]:
+            if self.stop_requested():
+                kept = (f"the finished chunks are in the z* cache {cache.directory}: the same command resumes after them"
+                        if cache is not None else "nothing of it is kept (editor.v_cache_dir keeps finished chunks)")
+                raise EditInterrupted(f"{self.name}: stopped on SIGTERM before optimising z* at layer {layer} for "
+                                      f"{len(requests)} more request(s); {kept}")
+            return optimise()
+
+        if cache is None:
+            return compute(unless_stopped)
+        hp, device = self.value_hp(model), next(model.parameters()).device
         weights = model_fingerprint(model, samples=None)  # once: the weights do not change while z* is optimised
 
         def store(requests: Sequence[EditRequest],
@@ -298,7 +313,7 @@ class LocateEditor(CallbackEditor):
             key = cache.key(model, tokenizer, layer=layer, modules=[module], requests=requests,
                             templates=self.templates, hp=hp, max_length=self.max_length, weights=weights)
             hits = cache.hits
-            found = cache.get_or_compute(key, lambda: optimise()[module], device=device)
+            found = cache.get_or_compute(key, lambda: unless_stopped(requests, optimise)[module], device=device)
             if cache.hits > hits:  # the edit's time does not include this optimisation: say so beside it
                 self._count("cached_values", len(requests))
             return {module: found}
