@@ -179,7 +179,8 @@ def test_sigterm_stops_a_batch_edit_at_its_next_chunk(tiny, facts_ending_with_su
     monkeypatch.setattr(values_module, "joint_value_targets", terminated_after_first)
     before = written(model)
     editor = memit(tmp_path, v_chunk_size=1, v_cache_dir=str(tmp_path) if cached else None)
-    with pytest.raises(EditInterrupted, match=r"stopped on SIGTERM before optimising z\* at layer 2 for 1 more") as stop:
+    where = r"stopped on SIGTERM before optimising the z\* of its next chunk \(1 request\(s\), layer 2\)"
+    with pytest.raises(EditInterrupted, match=where) as stop:
         batch_edit_in_the_loop(model, tok, editor, reqs)
     assert len(optimised) == 1  # at the next chunk, not at the end of the batch
     assert stop.value.code == str(stop.value)  # SystemExit with a message: exit status 1, not 0

@@ -299,8 +299,8 @@ class LocateEditor(CallbackEditor):
             if self.stop_requested():
                 kept = (f"the finished chunks are in the z* cache {cache.directory}: the same command resumes after them"
                         if cache is not None else "nothing of it is kept (editor.v_cache_dir keeps finished chunks)")
-                raise EditInterrupted(f"{self.name}: stopped on SIGTERM before optimising z* at layer {layer} for "
-                                      f"{len(requests)} more request(s); {kept}")
+                raise EditInterrupted(f"{self.name}: stopped on SIGTERM before optimising the z* of its next chunk "
+                                      f"({len(requests)} request(s), layer {layer}); {kept}")
             return optimise()
 
         if cache is None:
