@@ -297,8 +297,8 @@ class LocateEditor(CallbackEditor):
         def unless_stopped(requests: Sequence[EditRequest],
                            optimise: Callable[[], dict[str, ValueTargets]]) -> dict[str, ValueTargets]:
             if self.stop_requested():
-                kept = (f"the finished chunks are in the z* cache {cache.directory}: the same command resumes after them"
-                        if cache is not None else "nothing of it is kept (editor.v_cache_dir keeps finished chunks)")
+                kept = ("nothing of it is kept (editor.v_cache_dir keeps finished chunks)" if cache is None else
+                        f"the finished chunks are in the z* cache {cache.directory}: the same command resumes after them")
                 raise EditInterrupted(f"{self.name}: stopped on SIGTERM before optimising the z* of its next chunk "
                                       f"({len(requests)} request(s), layer {layer}); {kept}")
             return optimise()
