@@ -298,7 +298,8 @@ class LocateEditor(CallbackEditor):
                            optimise: Callable[[], dict[str, ValueTargets]]) -> dict[str, ValueTargets]:
             if self.stop_requested():
                 kept = ("nothing of it is kept (editor.v_cache_dir keeps finished chunks)" if cache is None else
-                        f"the finished chunks are in the z* cache {cache.directory}: the same command resumes after them")
+                        f"the finished chunks are in the z* cache {cache.directory}: "
+                        "the same command resumes after them")
                 raise EditInterrupted(f"{self.name}: stopped on SIGTERM before optimising the z* of its next chunk "
                                       f"({len(requests)} request(s), layer {layer}); {kept}")
             return optimise()
