@@ -38,6 +38,12 @@ class Killed(Exception):
     """Stands for a job stopped mid-batch (a kill, a lost machine)."""
 
 
+def optimises(requests, kwargs) -> bool:
+    """Whether a ``joint_value_targets`` call optimises z* itself: not a cache lookup, not a chunk split."""
+    chunked = kwargs.get("chunk_size") is not None and len(requests) > kwargs["chunk_size"]
+    return kwargs.get("store") is None and not chunked
+
+
 @pytest.fixture
 def chunk_optimisations(monkeypatch):
     """The subjects of every chunk whose z* is really optimised (not looked up); ``kill_after[0] = n``
@@ -47,8 +53,7 @@ def chunk_optimisations(monkeypatch):
     real = values_module.joint_value_targets
 
     def watching(model, tokenizer, layout, layer, requests, *args, **kwargs):
-        chunked = kwargs.get("chunk_size") is not None and len(requests) > kwargs["chunk_size"]
-        if kwargs.get("store") is None and not chunked:  # an optimisation, not a lookup or a split
+        if optimises(requests, kwargs):
             if kill_after[0] is not None and len(optimised) == kill_after[0]:
                 raise Killed
             optimised.append([r.subject for r in requests])
@@ -169,9 +174,8 @@ def test_sigterm_stops_a_batch_edit_at_its_next_chunk(tiny, facts_ending_with_su
     real, optimised = values_module.joint_value_targets, []
 
     def terminated_after_first(model_, tokenizer, layout, layer, requests, *args, **kwargs):
-        chunked = kwargs.get("chunk_size") is not None and len(requests) > kwargs["chunk_size"]
         out = real(model_, tokenizer, layout, layer, requests, *args, **kwargs)
-        if kwargs.get("store") is None and not chunked:  # one chunk optimised: the scheduler's stop arrives
+        if optimises(requests, kwargs):  # one chunk optimised: the scheduler's stop arrives
             optimised.append(requests)
             os.kill(os.getpid(), signal.SIGTERM)
         return out
