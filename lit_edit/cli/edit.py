@@ -15,6 +15,7 @@ from lit_edit.cli.common import build_logger, build_model, build_trainer, refuse
 from lit_edit.data.datamodule import EditDataModule
 from lit_edit.editors.base import Editor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
+from lit_edit.utils.signals import explain_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -78,5 +79,8 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [editor] if isinstance(editor, L.Callback) else []
     trainer = build_trainer(cfg, callbacks, logger)
-    trainer.test(loop, datamodule=datamodule, verbose=False)
+    # a SIGTERM exits 1 and says how far the run got (lit_edit.utils.signals)
+    with explain_sigterm(lambda: f"edit.py {loop.stop_note()}; a new hydra.run.dir (the default makes one per run) "
+                                 "starts again, since results are never overwritten"):
+        trainer.test(loop, datamodule=datamodule, verbose=False)
     return loop.summary

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from lit_edit.cli.common import build_logger, build_model, build_trainer, split_prune
 from lit_edit.data.training import EditTrainingDataModule
 from lit_edit.editors.learned.base import LearnedEditor
+from lit_edit.editors.learned.callbacks import resume_note
+from lit_edit.utils.signals import explain_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -85,5 +87,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> tuple[LearnedEditor, L.Tr
     trainer = build_trainer(cfg, build_callbacks(cfg), logger)
     log.info("training %s on %s (fingerprint %s); run dir %s", editor.name, editor.base_name,
              editor.base_info.fingerprint, run_dir)
-    trainer.fit(editor, datamodule=datamodule, ckpt_path=ckpt_path)
+    # a SIGTERM saves the latest state, exits 1 and says how to resume (lit_edit.utils.signals)
+    with explain_sigterm(lambda: f"train.py: {resume_note(trainer)}"):
+        trainer.fit(editor, datamodule=datamodule, ckpt_path=ckpt_path)
     return editor, trainer

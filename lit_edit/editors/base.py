@@ -14,12 +14,12 @@ from typing import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.evaluation.efficiency import Stopwatch
 from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.utils.signals import Interrupted
 
 
 class EditHandle(abc.ABC):
@@ -54,13 +54,12 @@ class WeightSnapshot(EditHandle):
         self._undone = True
 
 
-class EditInterrupted(SIGTERMException):
+class EditInterrupted(Interrupted):
     """SIGTERM honoured inside one long edit, at a point where the work done so far is kept.
 
     Lightning looks at SIGTERM only between batches, and a batch edit of 1000 facts is one
     batch of hours: a scheduler's stop would wait for its end (or its SIGKILL). The message
-    says where to resume; as a ``SystemExit`` with a message the process exits with status 1
-    (a bare ``SIGTERMException`` exits 0, as if the run had finished).
+    says where to resume, and the process exits with status 1 (:mod:`lit_edit.utils.signals`).
     """
 
 

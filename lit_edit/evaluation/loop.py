@@ -148,6 +148,7 @@ class EditingLoop(L.LightningModule):
         self._eval_watch = Stopwatch()
         self._peak_mb = 0.0
         self._n_edits = 0
+        self._n_requests = 0
         self._writer: RecordWriter | None = None
 
     # -- Lightning plumbing ----------------------------------------------------------------
@@ -173,6 +174,7 @@ class EditingLoop(L.LightningModule):
         loaders = self.trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         requests = [r for loader in loaders for batch in loader for r in batch]
+        self._n_requests = len(requests)
         rows = build_probes(requests, 0, kinds=("locality",))
         ppl_cfg = self.cfg.perplexity_config
         if ppl_cfg is not None:
@@ -407,6 +409,22 @@ class EditingLoop(L.LightningModule):
         if self._curve:
             plot_curve(self._curve, self.run_dir / "curve.png")
         print("\n" + format_table(self.summary))
+
+    def stop_note(self) -> str:
+        """How far a run stopped before its end got, and what of it is on disk.
+
+        Single and batch modes write each edit's record as soon as it is scored, so a stopped
+        run keeps them; sequential modes score at their evaluation points and write at the end.
+        """
+        done = f"stopped after {self._n_edits} of {self._n_requests} edits ({self.cfg.mode} mode)"
+        if self._writer is not None:
+            self._writer.close()
+            kept = f"{self._writer.path} holds the {self._writer.n_records} records scored so far"
+        elif self.run_dir is None or self.global_rank != 0:
+            kept = "this process writes no records"
+        else:
+            kept = "sequential modes write their records at the end, so none were written"
+        return f"{done}; {kept}; no summary was written"
 
     def _summary(self) -> dict[str, Any]:
         cfg = self.cfg

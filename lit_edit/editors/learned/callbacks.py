@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -48,6 +49,36 @@ class EditorCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.monitor is None and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM the latest-checkpoint callback saves the step the run stopped at.
+
+        A scheduler's stop or a preemption would otherwise lose every step since the last
+        ``every_n_train_steps`` save. Lightning raises the stop between batches, so the state
+        is whole. Only in one process: under DDP, Lightning 2.6 raises it on each rank when
+        that rank sees the signal, not on all at one step, and a save is a collective (a
+        barrier, a broadcast of whether the file exists) that the other ranks may never join;
+        the run would hang instead of ending. Other exceptions save nothing: their state may
+        be half-updated.
+        """
+        super().on_exception(trainer, pl_module, exception)
+        if (isinstance(exception, SIGTERMException) and trainer.world_size == 1 and self.monitor is None
+                and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer)):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def resume_note(trainer: L.Trainer) -> str:
+    """Where a stopped training run can resume from: the latest checkpoint this run saved."""
+    latest = [cb for cb in trainer.callbacks if isinstance(cb, EditorCheckpoint) and cb.monitor is None]
+    saved = [cb for cb in latest if cb.best_model_path and Path(cb.best_model_path).is_file()]
+    where = f"training stopped at step {trainer.global_step}"
+    if saved:
+        step = saved[0]._last_global_step_saved
+        since = "" if step == trainer.global_step else f" from step {step}, its latest checkpoint"
+        return f"{where}; ckpt_path={saved[0].best_model_path} resumes it{since}"
+    if latest:
+        return f"{where}; no checkpoint was saved (none is saved during the sanity check or fast_dev_run)"
+    return f"{where}; no checkpoint was saved: callbacks.latest_checkpoint is off"
 
 
 class WeightDigest(L.Callback):

@@ -1,0 +1,37 @@
+"""A SIGTERM stop that exits non-zero and says what it kept.
+
+Lightning traps SIGTERM (a scheduler's stop, a preemption, ``kill``) and raises a bare
+``SIGTERMException`` at the next batch. That is a ``SystemExit`` without a code, so the
+process exits with status 0: a shell's ``&&``, a job array or a W&B sweep agent reads the
+stopped run as a finished one, and the user learns neither how far it got nor what is on
+disk. The entry points wrap their ``Trainer`` call in :func:`explain_sigterm`, which turns
+that exception into :class:`Interrupted`: status 1 and a message saying what was kept.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class Interrupted(SIGTERMException):
+    """A SIGTERM stop with a message. As a ``SystemExit`` whose code is a string, the
+    process prints the message and exits with status 1.
+    """
+
+
+@contextmanager
+def explain_sigterm(note: Callable[[], str]) -> Iterator[None]:
+    """Re-raise a SIGTERM stop of the block as :class:`Interrupted` with ``note()`` appended.
+
+    ``note`` is called only on a stop, when the state it describes (steps done, files
+    written) is final. A stop that already has a message (an editor's own, such as MEMIT's
+    between z* chunks) keeps it in front of the note.
+    """
+    try:
+        yield
+    except SIGTERMException as stop:
+        said = stop.code if isinstance(stop.code, str) else ""
+        raise Interrupted("; ".join(part for part in (said, note()) if part)) from None

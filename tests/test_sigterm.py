@@ -1,0 +1,73 @@
+"""A SIGTERM (a scheduler's stop, a preemption) ends edit.py and train.py with status 1 and a
+message saying how far the run got and what it kept, instead of Lightning's bare stop, which
+exits 0 as if the run had finished."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _support.signals import terminate
+from hydra import compose, initialize_config_dir
+
+from lit_edit.cli.edit import run_edit
+from lit_edit.cli.train import run_train
+from lit_edit.editors.ft import FineTuneEditor
+from lit_edit.utils.signals import Interrupted
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config(name: str, monkeypatch, *overrides: str):
+    monkeypatch.setenv("PROJECT_ROOT", str(CONFIGS.parent))
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(name, overrides=["model=tiny_llama", "logger=none", *overrides])
+
+
+def stopped(run, *args) -> str:
+    """The message of the run's stop, checked to be a SystemExit whose code is that message (status 1)."""
+    with pytest.raises(Interrupted) as stop:
+        run(*args)
+    assert stop.value.code == str(stop.value) and str(stop.value)
+    return str(stop.value)
+
+
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path, shared_data, monkeypatch):
+    real, calls = FineTuneEditor.edit, []
+
+    def terminated_after_two(self, *args, **kwargs):
+        handle = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # Lightning acts on it after this batch
+            terminate()
+        return handle
+
+    monkeypatch.setattr(FineTuneEditor, "edit", terminated_after_two)
+    cfg = config("edit", monkeypatch, "editor=ft_m", "editor.num_steps=1", "data=zsre", "data.limit=5",
+                 "eval.fluency=false", f"eval.mode={mode}")
+    message = stopped(run_edit, cfg, tmp_path)
+    assert len(calls) == 2, "the edits went on after the SIGTERM"
+    assert f"stopped after 2 of 5 edits ({mode} mode)" in message and "no summary was written" in message
+    assert not (tmp_path / "summary.json").exists()
+    records = tmp_path / "records.jsonl"
+    if mode == "single":  # each edit's record is written once scored: both are kept
+        assert f"{records} holds the 2 records scored so far" in message
+        assert len(records.read_text().splitlines()) == 2
+    else:
+        assert "none were written" in message and not records.exists()
+
+
+def test_a_stopped_training_run_saves_the_step_it_stopped_at_and_says_how_to_resume(tmp_path, shared_data,
+                                                                                     monkeypatch):
+    ckpts = tmp_path / "ckpt"
+    cfg = config("train", monkeypatch, "editor=mend", f"paths.checkpoint_dir={ckpts}", "trainer.max_steps=50",
+                 "data.limit=8", "train_data.val_size=2", "trainer.accumulate_grad_batches=1",
+                 "trainer.val_check_interval=2", "callbacks.latest_checkpoint.every_n_train_steps=100",
+                 "callbacks.progress_bar=null", "callbacks.early_stopping=null",
+                 "+callbacks.stop._target_=_support.signals.TerminateAtStep", "+callbacks.stop.step=3")
+    message = stopped(run_train, cfg, tmp_path / "run")
+    latest = ckpts / "mend-tiny_llama-step3.ckpt"  # saved at the stop, not at every_n_train_steps (100)
+    assert message == f"train.py: training stopped at step 3; ckpt_path={latest} resumes it"
+    assert torch.load(latest, weights_only=True)["global_step"] == 3
