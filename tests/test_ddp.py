@@ -13,17 +13,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_hold_identical_editor_weights_and_only_rank0_checkpoints(tmp_path, shared_data):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def train_ddp(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """train.py: MEND on tiny_llama, two gloo processes, checkpoints in ``tmp_path / "ckpt"``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "PYTHONPATH": str(ROOT / "tests")}  # tests/_support: callbacks a test's overrides name
     env.pop("LOCAL_RANK", None)
     cmd = [sys.executable, str(ROOT / "train.py"), "editor=mend", "trainer=ddp", "trainer.devices=2",
            "trainer.accelerator=cpu", "model=tiny_llama", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-           f"paths.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.max_steps=2", "trainer.accumulate_grad_batches=1",
-           "data.limit=8", "train_data.val_size=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
-           "callbacks.progress_bar=null", "editor.lr=1e-2", "editor.rank=8",
-           "+callbacks.digest._target_=lit_edit.editors.learned.callbacks.WeightDigest",
-           f"+callbacks.digest.dirpath={tmp_path / 'digest'}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+           f"paths.checkpoint_dir={tmp_path / 'ckpt'}", "trainer.accumulate_grad_batches=1", "train_data.val_size=2",
+           "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null",
+           "editor.rank=8", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_hold_identical_editor_weights_and_only_rank0_checkpoints(tmp_path, shared_data):
+    out = train_ddp(tmp_path, "trainer.max_steps=2", "data.limit=8", "editor.lr=1e-2",
+                    "+callbacks.digest._target_=lit_edit.editors.learned.callbacks.WeightDigest",
+                    f"+callbacks.digest.dirpath={tmp_path / 'digest'}")
     assert out.returncode == 0, out.stderr[-4000:]
     digests = [json.loads((tmp_path / "digest" / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
     assert [d["world_size"] for d in digests] == [2, 2]
@@ -42,21 +48,12 @@ def test_two_processes_hold_identical_editor_weights_and_only_rank0_checkpoints(
 def test_a_sigterm_to_the_launching_process_ends_both_and_names_the_latest_checkpoint(tmp_path, shared_data):
     """``kill <pid>`` (or a scheduler) reaching rank 0: Lightning forwards it to rank 1. The run must end, not
     hang in a collective the other rank never joins (a save on the stop is one: it is skipped under DDP)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "PYTHONPATH": str(ROOT / "tests")}
-    env.pop("LOCAL_RANK", None)
-    ckpt = tmp_path / "ckpt"
-    cmd = [sys.executable, str(ROOT / "train.py"), "editor=mend", "trainer=ddp", "trainer.devices=2",
-           "trainer.accelerator=cpu", "model=tiny_llama", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-           f"paths.checkpoint_dir={ckpt}", "trainer.max_steps=50", "trainer.accumulate_grad_batches=1",
-           "data.limit=16", "train_data.val_size=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
-           "callbacks.progress_bar=null", "callbacks.early_stopping=null", "editor.rank=8",
-           "callbacks.latest_checkpoint.every_n_train_steps=2",
-           "+callbacks.stop._target_=_support.signals.TerminateAtStep", "+callbacks.stop.step=3",
-           "+callbacks.stop.rank=0"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    out = train_ddp(tmp_path, "trainer.max_steps=50", "data.limit=16", "callbacks.early_stopping=null",
+                    "callbacks.latest_checkpoint.every_n_train_steps=2",
+                    "+callbacks.stop._target_=_support.signals.TerminateAtStep", "+callbacks.stop.step=3",
+                    "+callbacks.stop.rank=0")
     assert out.returncode == 1, out.stderr[-4000:]
-    latest = ckpt / "mend-tiny_llama-step2.ckpt"
+    latest = tmp_path / "ckpt" / "mend-tiny_llama-step2.ckpt"
     assert (f"train.py: training stopped at step 3; ckpt_path={latest} resumes it from step 2, its latest "
             "checkpoint") in out.stderr
     assert torch.load(latest, weights_only=True)["global_step"] == 2
