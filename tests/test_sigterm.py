@@ -34,7 +34,7 @@ def stopped(run, *args) -> str:
 
 
 @pytest.mark.parametrize("mode", ["single", "sequential"])
-def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path, shared_data, monkeypatch):
+def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path, shared_data, monkeypatch, caplog):
     real, calls = FineTuneEditor.edit, []
 
     def terminated_after_two(self, *args, **kwargs):
@@ -50,6 +50,7 @@ def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path,
     message = stopped(run_edit, cfg, tmp_path)
     assert len(calls) == 2, "the edits went on after the SIGTERM"
     assert f"stopped after 2 of 5 edits ({mode} mode)" in message and "no summary was written" in message
+    assert message in caplog.text  # also in the run's log file, beside the records it explains
     assert not (tmp_path / "summary.json").exists()
     records = tmp_path / "records.jsonl"
     if mode == "single":  # each edit's record is written once scored: both are kept

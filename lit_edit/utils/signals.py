@@ -10,6 +10,7 @@ that exception into :class:`Interrupted`: status 1 and a message saying what was
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -28,10 +29,13 @@ def explain_sigterm(note: Callable[[], str]) -> Iterator[None]:
 
     ``note`` is called only on a stop, when the state it describes (steps done, files
     written) is final. A stop that already has a message (an editor's own, such as MEMIT's
-    between z* chunks) keeps it in front of the note.
+    between z* chunks) keeps it in front of the note. The message is also logged, so the run
+    directory's log says why the run has no summary.
     """
     try:
         yield
     except SIGTERMException as stop:
         said = stop.code if isinstance(stop.code, str) else ""
-        raise Interrupted("; ".join(part for part in (said, note()) if part)) from None
+        message = "; ".join(part for part in (said, note()) if part)
+        logging.getLogger(__name__).error(message)
+        raise Interrupted(message) from None
