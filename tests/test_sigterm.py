@@ -1,15 +1,17 @@
 """A SIGTERM (a scheduler's stop, a preemption) ends edit.py and train.py with status 1 and a
 message saying how far the run got and what it kept, instead of Lightning's bare stop, which
-exits 0 as if the run had finished."""
+exits 0 as if the run had finished; edit.py's kept records are what ``resume=`` continues from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from _support.signals import terminate
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lit_edit.cli.edit import run_edit
 from lit_edit.cli.train import run_train
@@ -58,6 +60,78 @@ def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path,
         assert len(records.read_text().splitlines()) == 2
     else:
         assert "none were written" in message and not records.exists()
+
+
+_FT_EDIT = FineTuneEditor.edit
+
+
+def stop_after(monkeypatch, n: int | None) -> list:
+    """FT-M's edits send SIGTERM after the ``n``-th (None: never); returns the list of calls made."""
+    calls = []
+
+    def edit(self, *args, **kwargs):
+        handle = _FT_EDIT(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == n:
+            terminate()
+        return handle
+
+    monkeypatch.setattr(FineTuneEditor, "edit", edit)
+    return calls
+
+
+EDIT = ("editor=ft_m", "editor.num_steps=3", "editor.lr=3e-2", "data=zsre", "data.limit=6", "eval.fluency=false")
+
+
+def edit_run(monkeypatch, run_dir: Path, *overrides: str):
+    """run_edit as edit.py runs it, with the config saved where Hydra saves it (resume reads it)."""
+    cfg = config("edit", monkeypatch, *EDIT, *overrides)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return cfg
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_a_stopped_edit_run_resumes_to_the_numbers_of_an_uninterrupted_one(mode, tmp_path, shared_data,
+                                                                          monkeypatch):
+    extra = ("eval=batch", "eval.batch_size=2") if mode == "batch" else ()
+    whole = run_edit(edit_run(monkeypatch, tmp_path / "whole", *extra), tmp_path / "whole")
+    calls = stop_after(monkeypatch, 2)
+    message = stopped(run_edit, edit_run(monkeypatch, tmp_path / "stopped", *extra), tmp_path / "stopped")
+    assert f"resume={tmp_path / 'stopped'} continues it" in message
+    kept = (tmp_path / "stopped" / "records.jsonl").read_text().splitlines()
+    assert len(kept) == (2 if mode == "single" else 4)
+
+    calls = stop_after(monkeypatch, None)
+    resumed_dir = tmp_path / "resumed"
+    summary = run_edit(edit_run(monkeypatch, resumed_dir, *extra, f"resume={tmp_path / 'stopped'}"), resumed_dir)
+    assert len(calls) == (4 if mode == "single" else 1), "edits the stopped run had made were made again"
+    assert summary["n_edits"] == 6 and summary["resumed_edits"] == len(kept)
+    for key in ("reliability", "generalization", "locality", "portability", "reliability_se", "locality_se"):
+        assert summary[key] == pytest.approx(whole[key], abs=1e-6), key
+    records = (resumed_dir / "records.jsonl").read_text().splitlines()
+    assert records[: len(kept)] == kept and [json.loads(r)["edit"] for r in records] == list(range(6))
+    assert (tmp_path / "stopped" / "records.jsonl").read_text().splitlines() == kept  # only read
+
+
+def test_resume_refuses_another_experiment_its_own_directory_a_finished_run_and_no_records(tmp_path, shared_data, monkeypatch):
+    stop_after(monkeypatch, 2)
+    stopped(run_edit, edit_run(monkeypatch, tmp_path / "stopped"), tmp_path / "stopped")
+    resume = f"resume={tmp_path / 'stopped'}"
+    with pytest.raises(ValueError, match=r"another experiment; these settings differ: editor.lr: 0.03 then"):
+        run_edit(edit_run(monkeypatch, tmp_path / "a", resume, "editor.lr=1e-2"), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"these settings differ: eval.mode: 'single' then, 'sequential' now"):
+        run_edit(edit_run(monkeypatch, tmp_path / "b", resume, "eval.mode=sequential"), tmp_path / "b")
+    stop_after(monkeypatch, 2)  # a stopped sequential run kept no records: nothing to resume
+    stopped(run_edit, edit_run(monkeypatch, tmp_path / "seq", "eval.mode=sequential"), tmp_path / "seq")
+    with pytest.raises(FileNotFoundError, match="no records.jsonl there"):
+        run_edit(edit_run(monkeypatch, tmp_path / "d", f"resume={tmp_path / 'seq'}", "eval.mode=sequential"),
+                 tmp_path / "d")
+    with pytest.raises(ValueError, match="is this run's own directory"):
+        run_edit(edit_run(monkeypatch, tmp_path / "stopped", resume), tmp_path / "stopped")
+    (tmp_path / "stopped" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="that run finished"):
+        run_edit(edit_run(monkeypatch, tmp_path / "c", resume), tmp_path / "c")
 
 
 def test_a_stopped_training_run_saves_the_step_it_stopped_at_and_says_how_to_resume(tmp_path, shared_data,

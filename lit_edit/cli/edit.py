@@ -15,6 +15,7 @@ from lit_edit.cli.common import build_logger, build_model, build_trainer, refuse
 from lit_edit.data.datamodule import EditDataModule
 from lit_edit.editors.base import Editor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
+from lit_edit.evaluation.resume import load_resumed_run
 from lit_edit.utils.signals import explain_sigterm
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         return run_value_ceiling(cfg, run_dir)
     if mode != "edit":
         raise ValueError(f"mode={mode!r} is not a mode of edit.py; use 'edit' or 'value_ceiling'")
+    resumed = None
+    if cfg.get("resume"):  # a stopped run's records (lit_edit.evaluation.resume)
+        if Path(cfg.resume).resolve() == Path(run_dir).resolve():
+            raise ValueError(f"resume={cfg.resume} is this run's own directory: a resumed run writes a new one, "
+                             "so leave hydra.run.dir at its default or name another directory")
+        resumed = load_resumed_run(cfg.resume, cfg)
     refuse_existing_results(run_dir, ("summary.json", "records.jsonl"))
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
@@ -73,14 +80,15 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         run_info["ckpt"] = str(cfg.ckpt)
     _, prune = split_prune(cfg)
     loop = EditingLoop(model, tokenizer, editor, eval_cfg, run_dir=run_dir, layout=layout, run_info=run_info,
-                       prune=prune)
+                       prune=prune, resumed=resumed)
     logger = build_logger(cfg)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [editor] if isinstance(editor, L.Callback) else []
     trainer = build_trainer(cfg, callbacks, logger)
     # a SIGTERM exits 1 and says how far the run got (lit_edit.utils.signals)
-    with explain_sigterm(lambda: f"edit.py {loop.stop_note()}; a new hydra.run.dir (the default makes one per run) "
-                                 "starts again, since results are never overwritten"):
+    again = (f"resume={run_dir} continues it in a new run directory" if not eval_cfg.sequential else
+             "a new hydra.run.dir (the default makes one per run) starts again")
+    with explain_sigterm(lambda: f"edit.py {loop.stop_note()}; {again}"):
         trainer.test(loop, datamodule=datamodule, verbose=False)
     return loop.summary

@@ -33,6 +33,7 @@ from lit_edit.evaluation.fluency import n_gram_entropy
 from lit_edit.evaluation.metrics import PerEditMean, exact_match, token_accuracy, token_agreement
 from lit_edit.evaluation.perplexity import PerplexityConfig, PerplexityProbe
 from lit_edit.evaluation.probes import ProbeRow, build_probes
+from lit_edit.evaluation.resume import ResumedRun
 from lit_edit.evaluation.results import (
     SE_SUFFIX, RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
 )
@@ -119,6 +120,7 @@ class EditingLoop(L.LightningModule):
         layout: ModelLayout | None = None,
         run_info: dict[str, Any] | None = None,
         prune: PruneConfig | None = None,
+        resumed: ResumedRun | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -132,6 +134,14 @@ class EditingLoop(L.LightningModule):
         if prune is not None and not cfg.sequential:
             raise ValueError("PRUNE restrains the accumulated update of sequential editing; "
                              f"eval.mode={cfg.mode} undoes every edit, so there is nothing to restrain")
+        if resumed is not None and cfg.sequential:
+            raise ValueError(f"resume continues single and batch runs, whose edits are independent; eval.mode={cfg.mode} "
+                             "builds each edit on the ones before, and the stopped run's edited model is gone")
+        if resumed is not None and cfg.perplexity:
+            raise ValueError("resume with eval.perplexity: the stopped run's per-batch perplexities are not in its "
+                             "records, so the summary's perplexity would leave them out")
+        self.resumed = resumed
+        self._resumed_seconds = 0.0
         self._spectrum: list[MatrixReport] = []
         self._spectrum_pruned: list[MatrixReport] = []
         self._perplexity: PerplexityProbe | None = None
@@ -175,6 +185,8 @@ class EditingLoop(L.LightningModule):
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         requests = [r for loader in loaders for batch in loader for r in batch]
         self._n_requests = len(requests)
+        if self.resumed is not None:
+            self._take_resumed(requests)
         rows = build_probes(requests, 0, kinds=("locality",))
         ppl_cfg = self.cfg.perplexity_config
         if ppl_cfg is not None:
@@ -187,12 +199,44 @@ class EditingLoop(L.LightningModule):
             for i, row in enumerate(rows):
                 self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
 
+    def _take_resumed(self, requests: Sequence[EditRequest]) -> None:
+        """Count the stopped run's records as this run's first edits: copied to this run's records,
+        fed to the metrics and time totals as if edited here (a record holds each metric's per-edit
+        mean, which is all the per-edit-mean metrics keep of an edit)."""
+        resumed = self.resumed
+        assert resumed is not None
+        done = resumed.records
+        if len(done) > len(requests) or len(done) % self.cfg.edits_per_batch and len(done) != len(requests):
+            raise ValueError(f"resume={resumed.run_dir}: {len(done)} records do not end a batch of "
+                             f"{self.cfg.edits_per_batch} among this run's {len(requests)} edits")
+        for record, req in zip(done, requests):
+            if (record.get("prompt"), record.get("target_new")) != (req.prompt, req.target_new):
+                raise ValueError(f"resume={resumed.run_dir}: edit {record['edit']} there is "
+                                 f"{record.get('prompt')!r} -> {record.get('target_new')!r}, here "
+                                 f"{req.prompt!r} -> {req.target_new!r}: not the same requests")
+        if self.trainer.world_size > 1:
+            raise ValueError("resume runs in one process: the stopped run's records are not split over ranks")
+        for record in done:
+            edit = torch.tensor([record["edit"]], device=self.device)
+            for name, value in resumed.metric_values(record).items():
+                self._metric(f"each_edit:{name}").update(torch.tensor([value], device=self.device), edit)
+            for key, value in record.items():
+                if key.startswith(("edit_seconds/", "edit_counts/")) and value is not None:
+                    self._phase_totals[key] = self._phase_totals.get(key, 0.0) + float(value)
+            self._resumed_seconds += float(record.get("edit_seconds") or 0.0)
+            self._peak_mb = max(self._peak_mb, float(record.get("peak_memory_mb") or 0.0))
+            if self._writer is not None:
+                self._writer.write(record)
+        self._n_edits = len(done)
+
     @staticmethod
     def _pre_key(req: EditRequest, row: ProbeRow) -> tuple:
         return (*request_key(req), row.group, row.slot)
 
     # -- one batch of edits ----------------------------------------------------------------
     def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
+        if self.resumed is not None and batch_idx * self.cfg.edits_per_batch < len(self.resumed.records):
+            return  # edited and scored by the stopped run
         first = self._n_edits
         mem = PeakMemory(self.device)
         with mem, self._stopwatch, torch.enable_grad():
@@ -455,7 +499,7 @@ class EditingLoop(L.LightningModule):
                 summary[f"{name}{SE_SUFFIX}"] = summary.get(f"{name}_em{SE_SUFFIX}")
         n = self._n_edits
         summary.update(
-            seconds_per_edit=(self._stopwatch.elapsed / n) if n else None,
+            seconds_per_edit=((self._stopwatch.elapsed + self._resumed_seconds) / n) if n else None,
             **{f"{_PER_EDIT[k.split('/', 1)[0]]}/{k.split('/', 1)[1]}": v / n for k, v in self._phase_totals.items() if n},
             peak_memory_mb=self._peak_mb if n else None,
             evaluation_seconds=self._eval_watch.elapsed,
@@ -467,6 +511,8 @@ class EditingLoop(L.LightningModule):
             editor=getattr(self.editor, "name", type(self.editor).__name__),
             **self.run_info,
         )
+        if self.resumed is not None:  # its evaluation time is not in evaluation_seconds
+            summary.update(resumed_from=str(self.resumed.run_dir), resumed_edits=len(self.resumed.records))
         for key, values in self._model_scores.items():
             summary[key] = sum(values) / len(values)
         head_ppl = summary.get(f"perplexity@{head_stage}")
