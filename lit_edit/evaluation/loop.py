@@ -220,9 +220,8 @@ class EditingLoop(L.LightningModule):
             edit = torch.tensor([record["edit"]], device=self.device)
             for name, value in resumed.metric_values(record).items():
                 self._metric(f"each_edit:{name}").update(torch.tensor([value], device=self.device), edit)
-            for key, value in record.items():
-                if key.startswith(("edit_seconds/", "edit_counts/")) and value is not None:
-                    self._phase_totals[key] = self._phase_totals.get(key, 0.0) + float(value)
+            for key, value in resumed.phase_values(record).items():
+                self._phase_totals[key] = self._phase_totals.get(key, 0.0) + value
             self._resumed_seconds += float(record.get("edit_seconds") or 0.0)
             self._peak_mb = max(self._peak_mb, float(record.get("peak_memory_mb") or 0.0))
             if self._writer is not None:

@@ -37,6 +37,10 @@ class ResumedRun:
         return {k: float(v) for k, v in record.items()
                 if k not in RECORD_FIELDS and not k.startswith(RECORD_PREFIXES) and isinstance(v, (int, float))}
 
+    def phase_values(self, record: Mapping[str, Any]) -> dict[str, float]:
+        """The per-edit time and counts of the editor's phases in one record (``edit_seconds/values``, ...)."""
+        return {k: float(v) for k, v in record.items() if k.startswith(RECORD_PREFIXES) and v is not None}
+
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):

@@ -47,6 +47,10 @@ class EditorCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The latest-checkpoint callback also saves the final step (max_steps/max_time/early stop)."""
         super().on_train_end(trainer, pl_module)
+        self._save_latest(trainer)
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
+        """The latest-checkpoint callback (no monitor) saves the current step, unless it already has."""
         if self.monitor is None and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -62,9 +66,8 @@ class EditorCheckpoint(ModelCheckpoint):
         be half-updated.
         """
         super().on_exception(trainer, pl_module, exception)
-        if (isinstance(exception, SIGTERMException) and trainer.world_size == 1 and self.monitor is None
-                and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer)):
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+        if isinstance(exception, SIGTERMException) and trainer.world_size == 1:
+            self._save_latest(trainer)
 
 
 def resume_note(trainer: L.Trainer) -> str:
