@@ -54,7 +54,7 @@ def corpus(tmp_path):
 
 
 def _cfg(corpus, **kw):
-    base = dict(corpus=str(corpus), n_samples=7, max_length=24, token_budget=64, dtype="float64")
+    base = dict(corpus=corpus if isinstance(corpus, list) else str(corpus), n_samples=7, max_length=24, token_budget=64, dtype="float64")
     return StatsConfig(**{**base, **kw})
 
 
@@ -121,6 +121,52 @@ def test_corpus_from_benchmark_prompts(shared_data):
         all_documents("prompts:nosuch", str(shared_data))
     with pytest.raises(ValueError, match="no split 'test'"):
         all_documents("prompts:zsre_train/test", str(shared_data))
+
+
+def test_corpus_from_a_json_field_and_pooled_sources(tmp_path, corpus):
+    import json
+
+    records = [{"passage": " Paris is in France. ", "title": "Paris"}, {"passage": "Rome is in Italy."},
+               {"passage": " Paris is in France. "}, {"passage": "  "}]
+    (tmp_path / "a.json").write_text(json.dumps(records), encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    for name in ("a.json", "b.jsonl"):  # each distinct text once, in first-seen order, blanks dropped
+        assert all_documents(f"json:{tmp_path / name}:passage") == ["Paris is in France.", "Rome is in Italy."]
+    with pytest.raises(ValueError, match="3 of 4 records .* no string field .title. \\(first: record 1\\)"):
+        all_documents(f"json:{tmp_path / 'a.json'}:title")
+    with pytest.raises(ValueError, match="expected 'json:<path>:<field>'"):
+        all_documents(f"json:{tmp_path / 'a.json'}")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        all_documents(f"json:{tmp_path / 'missing.json'}:passage")
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="neither JSON nor JSON lines"):
+        all_documents(f"json:{tmp_path / 'bad.json'}:passage")
+    # a list of sources is one corpus, documents in the order given; its id differs from either part's
+    pooled = [str(corpus), f"json:{tmp_path / 'a.json'}:passage"]
+    assert all_documents(pooled) == all_documents(str(corpus)) + ["Paris is in France.", "Rome is in Italy."]
+    assert text_samples(pooled, 8)[-1] == "Paris is in France."
+    assert corpus_id(pooled, 9) not in (corpus_id(str(corpus), 9), corpus_id(pooled[::-1], 9))
+    assert StatsConfig(corpus=pooled).corpus == tuple(pooled) and StatsConfig(corpus=[str(corpus)]).corpus == str(corpus)
+    with pytest.raises(ValueError, match="non-empty list of sources"):
+        StatsConfig(corpus=[])
+
+
+def test_pooled_statistics_are_the_token_weighted_mean(tiny, corpus, tmp_path):
+    import json
+
+    model, tok = tiny("gpt2")
+    (tmp_path / "more.jsonl").write_text(json.dumps({"text": "Berlin is the capital of Germany."}) + "\n",
+                                         encoding="utf-8")
+    extra = f"json:{tmp_path / 'more.jsonl'}:text"
+    layout = layout_for(model)
+    stats = SecondMomentStats(tmp_path / "cache", progress=False)
+    both = _cfg([str(corpus), extra], n_samples=8)
+    pooled = stats.get(model, tok, layout, 1, both, "m")
+    parts = [stats.get(model, tok, layout, 1, _cfg(source, n_samples=n), "m") for source, n in ((corpus, 7), (extra, 1))]
+    assert pooled.n_tokens == sum(part.n_tokens for part in parts)
+    mean = sum(part.matrix.double() * part.n_tokens for part in parts) / pooled.n_tokens
+    torch.testing.assert_close(pooled.matrix.double(), mean, rtol=1e-6, atol=1e-8)
+    assert stats.get(model, tok, layout, 1, both, "m").source != "computed"
 
 
 def test_wikitext_samples_skip_headings():

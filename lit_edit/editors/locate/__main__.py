@@ -33,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny_<arch> | HF id or local dir")
     p.add_argument("--model-id", default=None, help="cache name of the model (default: --model, as the configs use)")
     p.add_argument("--layers", type=int, nargs="+", required=True)
-    p.add_argument("--corpus", default="wikitext", help="'wikitext', a text file or a datasets directory")
+    p.add_argument("--corpus", nargs="+", default=["wikitext"],
+                   help="'wikitext', a text file, a datasets directory, 'json:<path>:<field>' or "
+                        "'prompts:<dataset>'; several are one corpus, pooled in order")
     p.add_argument("--n-samples", type=int, default=100000, help="documents (ROME/MEMIT: 100000)")
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])

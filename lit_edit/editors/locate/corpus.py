@@ -5,9 +5,18 @@ the shared data folder, see :func:`lit_edit.data.paths.data_root`), a path to a 
 file, a directory written by ``datasets.Dataset.save_to_disk`` with a ``"text"`` column, or
 ``"prompts:<dataset>[/<split>][:<field>,...]"``: the prompts of a registered edit dataset
 (:func:`lit_edit.data.registry.read_requests`), fields ``prompt``, ``rephrase``, ``locality``,
-``portability`` (default: all four). The last kind exists because question-answering benchmarks
+``portability`` (default: all four). That kind exists because question-answering benchmarks
 are asked in a register WikiText hardly has; ``prompts:zsre_train:locality`` (the Natural
 Questions of ZsRE's train split) is text in that register, disjoint from the eval split's.
+Finally ``"json:<path>:<field>"``: the string ``field`` of every record of a JSON array or a
+JSON-lines file (path relative to the current directory or the data root), each distinct text
+once. It exists to pool more text with WikiText: the shared WikiText-2 (valid and test) is 0.53M
+SmolLM2 tokens, and along the directions where its ``C`` is smallest, other encyclopedic text
+has 1.6-1.7 times the energy (a small sample's estimate is biased low there;
+``configs/model/smollm2_135m.yaml`` says what pooling measured).
+
+A list of sources is one corpus: their documents one after the other, in the order given
+(``["wikitext", "json:general_eval/model_editing_hurt/test-ClosedDomainQA.jsonl:passage"]``).
 
 Documents, in file order (deterministic; nothing is shuffled):
 
@@ -17,6 +26,7 @@ Documents, in file order (deterministic; nothing is shuffled):
 - a ``datasets`` directory: one document per row (split ``"train"`` of a ``DatasetDict``
   when it has one, otherwise all splits in their saved order).
 - ``prompts:``: one document per prompt, record by record, fields in the order given.
+- ``json:``: one document per distinct value of the field, in record order.
 
 Empty lines and WikiText headings (``" = = Early life = = "``) are never part of a document.
 Lines are stripped; a paragraph keeps its line breaks.
@@ -38,9 +48,24 @@ from lit_edit.data.paths import data_root as resolve_data_root
 WIKITEXT = "wikitext"
 WIKITEXT_FILES = ("wikitext-2/valid.txt", "wikitext-2/test.txt")
 PROMPTS = "prompts:"
+JSON = "json:"
 PROMPT_FIELDS = ("prompt", "rephrase", "locality", "portability")
 
 Unit = Literal["auto", "paragraph", "line"]
+Source = str | tuple[str, ...]  # one source, or several pooled in order
+
+
+def as_source(corpus) -> Source:
+    """``corpus`` as a hashable source: a string stays one, a list (also Hydra's) becomes a tuple."""
+    if isinstance(corpus, str):
+        return corpus
+    try:
+        parts = tuple(corpus)
+    except TypeError:
+        raise ValueError(f"corpus must be a source or a list of sources, got {corpus!r}") from None
+    if not parts or not all(isinstance(part, str) for part in parts):
+        raise ValueError(f"corpus must be a source or a non-empty list of sources, got {corpus!r}")
+    return parts[0] if len(parts) == 1 else parts
 
 _HEADING = re.compile(r"(?:=\s*)+\S.*?(?:\s*=)+")
 
@@ -64,6 +89,14 @@ def parse_prompts_source(source: str) -> tuple[str, str | None, tuple[str, ...]]
     return name, split or None, fields
 
 
+def parse_json_source(source: str) -> tuple[str, str]:
+    """``(path, field)`` of a ``json:<path>:<field>`` source (the field is after the last colon)."""
+    path, sep, name = source[len(JSON):].rpartition(":")
+    if not sep or not path or not name:
+        raise ValueError(f"corpus {source!r}: expected 'json:<path>:<field>'")
+    return path, name
+
+
 def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list[Path]]:
     """``(kind, paths)`` of a source: kind is ``"wikitext"``, ``"text"``, ``"datasets"`` or ``"prompts"``.
 
@@ -84,6 +117,12 @@ def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list
 
         name, split, _ = parse_prompts_source(source)
         return "prompts", [split_file(name, split, data_root)]
+    if source.startswith(JSON):
+        path, _ = parse_json_source(source)
+        kind, paths = resolve_source(path, data_root)
+        if kind != "text":
+            raise ValueError(f"corpus {source!r}: {paths[0]} is a directory, not a JSON or JSON-lines file")
+        return "json", paths
 
     given = Path(source).expanduser()
     tried = [given if given.is_absolute() else Path.cwd() / given]
@@ -103,8 +142,10 @@ def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list
     )
 
 
-def source_signature(source: str, data_root: str | None = None) -> tuple:
+def source_signature(source: Source, data_root: str | None = None) -> tuple:
     """Cheap change detector for a source: its files' paths, sizes and modification times."""
+    if not isinstance(source, str):
+        return tuple(source_signature(part, data_root) for part in source)
     kind, paths = resolve_source(source, data_root)
     files: list[Path] = []
     for path in paths:
@@ -178,13 +219,42 @@ def _request_prompts(source: str, data_root: str | None) -> list[str]:
     return docs
 
 
-def all_documents(source: str, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
+def _json_field(source: str, path: Path) -> list[str]:
+    """The distinct strings ``field`` of the records in ``path`` (a JSON array, or JSON lines)."""
+    import json
+
+    _, name = parse_json_source(source)
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        records = [json.loads(line) for line in lines] if path.suffix == ".jsonl" else json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            records = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corpus {source!r}: {path} is neither JSON nor JSON lines ({exc})") from exc
+    if isinstance(records, dict):
+        records = [records]  # a file of one record
+    if not isinstance(records, list):
+        raise ValueError(f"corpus {source!r}: {path} holds a {type(records).__name__}, not records")
+    missing = [i for i, r in enumerate(records) if not isinstance(r, dict) or not isinstance(r.get(name), str)]
+    if missing:
+        raise ValueError(f"corpus {source!r}: {len(missing)} of {len(records)} records in {path} have no string "
+                         f"field {name!r} (first: record {missing[0]})")
+    return list(dict.fromkeys(r[name] for r in records))
+
+
+def all_documents(source: Source, data_root: str | None = None, unit: Unit = "auto") -> list[str]:
     """Every document of ``source`` in order (see the module docstring for what one is)."""
+    if not isinstance(source, str):
+        return [doc for part in as_source(source) for doc in all_documents(part, data_root, unit)]
     kind, paths = resolve_source(source, data_root)
     if kind == "prompts":
         return [doc.strip() for doc in _request_prompts(source, data_root) if doc.strip()]
     if kind == "datasets":
         return [doc.strip() for doc in _dataset_texts(paths[0]) if doc.strip() and not is_heading(doc)]
+    if kind == "json":
+        return [doc.strip() for doc in _json_field(source, paths[0]) if doc.strip()]
     if kind == WIKITEXT:
         unit = "line"
     docs: list[str] = []
@@ -194,7 +264,7 @@ def all_documents(source: str, data_root: str | None = None, unit: Unit = "auto"
 
 
 def text_samples(
-    source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto", warn: bool = True
+    source: Source, n_samples: int, data_root: str | None = None, unit: Unit = "auto", warn: bool = True
 ) -> list[str]:
     """The first ``n_samples`` documents of ``source`` (all of them, with a warning if ``warn``, if fewer).
 
@@ -211,7 +281,7 @@ def text_samples(
     return docs[: int(n_samples)]
 
 
-def warn_if_short(source: str, found: int, n_samples: int, action: str) -> None:
+def warn_if_short(source: Source, found: int, n_samples: int, action: str) -> None:
     """Warn that ``source`` holds fewer than ``n_samples`` documents and say what is done instead."""
     if found < int(n_samples):
         warnings.warn(f"corpus {source!r} has only {found} documents; {action}, not {int(n_samples)}")
@@ -227,6 +297,6 @@ def texts_id(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def corpus_id(source: str, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> str:
+def corpus_id(source: Source, n_samples: int, data_root: str | None = None, unit: Unit = "auto") -> str:
     """Content hash of the texts :func:`text_samples` selects (changes whenever they do)."""
     return texts_id(text_samples(source, n_samples, data_root, unit, warn=False))

@@ -65,7 +65,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lit_edit.editors.locate.corpus import source_signature, text_samples, texts_id, warn_if_short
+from lit_edit.editors.locate.corpus import Source, as_source, source_signature, text_samples, texts_id, warn_if_short
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
 from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.hooks import capture, patch_output
@@ -81,7 +81,8 @@ class StatsConfig:
     """How to estimate ``C`` (the knobs an editor yaml exposes).
 
     Attributes:
-        corpus: ``"wikitext"`` or a path (text file or ``datasets`` directory), see :mod:`.corpus`.
+        corpus: ``"wikitext"``, a path (text file or ``datasets`` directory) or another source of
+            :mod:`.corpus`; a list of sources is one corpus, their documents in order.
         n_samples: number of documents (the first ``n_samples``, in corpus order).
         max_length: tokens per document (longer ones are truncated; capped at the model's
             maximum positions).
@@ -90,7 +91,7 @@ class StatsConfig:
         data_root: where ``wikitext`` lives (default: ``$LIT_EDIT_DATA`` or ``../shared/data``).
     """
 
-    corpus: str = "wikitext"
+    corpus: Source = "wikitext"
     n_samples: int = 1000
     max_length: int = 256
     token_budget: int = 8192
@@ -98,6 +99,7 @@ class StatsConfig:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
+        self.corpus = as_source(self.corpus)
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         for name in ("n_samples", "max_length", "token_budget"):
@@ -437,7 +439,7 @@ class SecondMomentStats:
             **entry.meta,
             "model_id": str(model_id),
             "layer": str(entry.layer),
-            "corpus": str(cfg.corpus),
+            "corpus": cfg.corpus if isinstance(cfg.corpus, str) else " + ".join(cfg.corpus),
             "n_tokens": str(int(n_tokens)),
             "token_budget": str(int(cfg.token_budget)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
