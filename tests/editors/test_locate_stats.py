@@ -54,7 +54,8 @@ def corpus(tmp_path):
 
 
 def _cfg(corpus, **kw):
-    base = dict(corpus=corpus if isinstance(corpus, list) else str(corpus), n_samples=7, max_length=24, token_budget=64, dtype="float64")
+    base = dict(corpus=corpus if isinstance(corpus, list) else str(corpus), n_samples=7, max_length=24,
+                token_budget=64, dtype="float64")
     return StatsConfig(**{**base, **kw})
 
 
@@ -146,7 +147,8 @@ def test_corpus_from_a_json_field_and_pooled_sources(tmp_path, corpus):
     assert all_documents(pooled) == all_documents(str(corpus)) + ["Paris is in France.", "Rome is in Italy."]
     assert text_samples(pooled, 8)[-1] == "Paris is in France."
     assert corpus_id(pooled, 9) not in (corpus_id(str(corpus), 9), corpus_id(pooled[::-1], 9))
-    assert StatsConfig(corpus=pooled).corpus == tuple(pooled) and StatsConfig(corpus=[str(corpus)]).corpus == str(corpus)
+    assert StatsConfig(corpus=pooled).corpus == tuple(pooled)
+    assert StatsConfig(corpus=[str(corpus)]).corpus == str(corpus)  # one source keeps its old cache key
     with pytest.raises(ValueError, match="non-empty list of sources"):
         StatsConfig(corpus=[])
 
@@ -162,7 +164,8 @@ def test_pooled_statistics_are_the_token_weighted_mean(tiny, corpus, tmp_path):
     stats = SecondMomentStats(tmp_path / "cache", progress=False)
     both = _cfg([str(corpus), extra], n_samples=8)
     pooled = stats.get(model, tok, layout, 1, both, "m")
-    parts = [stats.get(model, tok, layout, 1, _cfg(source, n_samples=n), "m") for source, n in ((corpus, 7), (extra, 1))]
+    parts = [stats.get(model, tok, layout, 1, _cfg(source, n_samples=n), "m")
+             for source, n in ((corpus, 7), (extra, 1))]
     assert pooled.n_tokens == sum(part.n_tokens for part in parts)
     mean = sum(part.matrix.double() * part.n_tokens for part in parts) / pooled.n_tokens
     torch.testing.assert_close(pooled.matrix.double(), mean, rtol=1e-6, atol=1e-8)

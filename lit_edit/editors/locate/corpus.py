@@ -98,7 +98,7 @@ def parse_json_source(source: str) -> tuple[str, str]:
 
 
 def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list[Path]]:
-    """``(kind, paths)`` of a source: kind is ``"wikitext"``, ``"text"``, ``"datasets"`` or ``"prompts"``.
+    """``(kind, paths)`` of a source: ``"wikitext"``, ``"text"``, ``"datasets"``, ``"prompts"`` or ``"json"``.
 
     Relative paths are tried against the current directory first, then under the data root
     (when one can be resolved). A missing source is a ``FileNotFoundError`` naming what was tried.
