@@ -140,7 +140,7 @@ def test_corpus_from_a_json_field_and_pooled_sources(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match="not found"):
         all_documents(f"json:{tmp_path / 'missing.json'}:passage")
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match="neither JSON nor JSON lines"):
+    with pytest.raises(ValueError, match="bad.json:passage': .*bad.json: invalid JSON at line 1"):
         all_documents(f"json:{tmp_path / 'bad.json'}:passage")
     # a list of sources is one corpus, documents in the order given; its id differs from either part's
     pooled = [str(corpus), f"json:{tmp_path / 'a.json'}:passage"]

@@ -9,7 +9,8 @@ file, a directory written by ``datasets.Dataset.save_to_disk`` with a ``"text"``
 are asked in a register WikiText hardly has; ``prompts:zsre_train:locality`` (the Natural
 Questions of ZsRE's train split) is text in that register, disjoint from the eval split's.
 Finally ``"json:<path>:<field>"``: the string ``field`` of every record of a JSON array or a
-JSON-lines file (path relative to the current directory or the data root), each distinct text
+``.jsonl`` file (read as benchmark files are, :func:`lit_edit.data.reader.read_json`; the path is
+relative to the current directory or the data root), each distinct text
 once. It exists to pool more text with WikiText: the shared WikiText-2 (valid and test) is 0.53M
 SmolLM2 tokens, and along the directions where its ``C`` is smallest, other encyclopedic text
 has 1.6-1.7 times the energy (a small sample's estimate is biased low there;
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from lit_edit.data.paths import data_root as resolve_data_root
+from lit_edit.data.reader import DataFileError, read_json
 
 WIKITEXT = "wikitext"
 WIKITEXT_FILES = ("wikitext-2/valid.txt", "wikitext-2/test.txt")
@@ -121,7 +123,7 @@ def resolve_source(source: str, data_root: str | None = None) -> tuple[str, list
         path, _ = parse_json_source(source)
         kind, paths = resolve_source(path, data_root)
         if kind != "text":
-            raise ValueError(f"corpus {source!r}: {paths[0]} is a directory, not a JSON or JSON-lines file")
+            raise ValueError(f"corpus {source!r}: {path!r} is a {kind} source, not a JSON or JSON-lines file")
         return "json", paths
 
     given = Path(source).expanduser()
@@ -221,18 +223,11 @@ def _request_prompts(source: str, data_root: str | None) -> list[str]:
 
 def _json_field(source: str, path: Path) -> list[str]:
     """The distinct strings ``field`` of the records in ``path`` (a JSON array, or JSON lines)."""
-    import json
-
     _, name = parse_json_source(source)
-    text = path.read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
     try:
-        records = [json.loads(line) for line in lines] if path.suffix == ".jsonl" else json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            records = [json.loads(line) for line in lines]
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"corpus {source!r}: {path} is neither JSON nor JSON lines ({exc})") from exc
+        records = read_json(path)
+    except DataFileError as exc:
+        raise ValueError(f"corpus {source!r}: {exc}") from exc
     if isinstance(records, dict):
         records = [records]  # a file of one record
     if not isinstance(records, list):
