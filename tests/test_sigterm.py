@@ -58,8 +58,9 @@ def test_a_stopped_edit_run_exits_non_zero_and_says_what_it_kept(mode, tmp_path,
     if mode == "single":  # each edit's record is written once scored: both are kept
         assert f"{records} holds the 2 records scored so far" in message
         assert len(records.read_text().splitlines()) == 2
-    else:
-        assert "none were written" in message and not records.exists()
+    else:  # its state is saved every eval.state_every (50) edits: none yet
+        assert "saved none yet" in message and "none were written" in message and not records.exists()
+        assert "a new hydra.run.dir" in message and not (tmp_path / "sequential_state.pt").exists()
 
 
 _FT_EDIT = FineTuneEditor.edit
@@ -114,6 +115,58 @@ def test_a_stopped_edit_run_resumes_to_the_numbers_of_an_uninterrupted_one(mode,
     assert (tmp_path / "stopped" / "records.jsonl").read_text().splitlines() == kept  # only read
 
 
+SEQUENTIAL = ("eval.eval_at=every_n", "eval.every_n=2", "eval.state_every=2", "eval.perplexity=true",
+              "eval.perplexity_tokens=256", "eval.perplexity_window=64")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "sequential_batch"])
+def test_a_stopped_sequential_run_resumes_from_its_saved_state_to_the_numbers_of_an_uninterrupted_one(
+        mode, tmp_path, shared_data, monkeypatch):
+    extra = (f"eval.mode={mode}", *SEQUENTIAL, *(("eval.batch_size=2",) if mode == "sequential_batch" else ()))
+    whole = run_edit(edit_run(monkeypatch, tmp_path / "whole", *extra), tmp_path / "whole")
+    assert not (tmp_path / "whole" / "sequential_state.pt").exists()  # removed once the summary is written
+    # the state is saved after edits 2 and 4. sequential: stopped after edit 3, which is lost; sequential_batch
+    # (batches of 2): stopped after the first batch
+    stopped_at, saved_at = (3, 2) if mode == "sequential" else (1, 2)
+    stop_after(monkeypatch, stopped_at)
+    message = stopped(run_edit, edit_run(monkeypatch, tmp_path / "stopped", *extra), tmp_path / "stopped")
+    state = tmp_path / "stopped" / "sequential_state.pt"
+    assert f"{state} holds the state after {saved_at} edits" in message
+    assert f"resume={tmp_path / 'stopped'} continues it" in message
+    before = state.read_bytes()
+
+    # resumed and stopped again after one edit (batch): its own directory holds the state it resumed from,
+    # or the one it saved since
+    stop_after(monkeypatch, 1)
+    again = tmp_path / "again"
+    message = stopped(run_edit, edit_run(monkeypatch, again, *extra, f"resume={tmp_path / 'stopped'}"), again)
+    saved_at = 2 if mode == "sequential" else 4
+    assert f"{again / 'sequential_state.pt'} holds the state after {saved_at} edits" in message
+
+    calls = stop_after(monkeypatch, None)
+    resumed_dir = tmp_path / "resumed"
+    summary = run_edit(edit_run(monkeypatch, resumed_dir, *extra, f"resume={again}"), resumed_dir)
+    assert len(calls) == (4 if mode == "sequential" else 1), "edits the saved state holds were made again"
+    assert summary["n_edits"] == 6 and summary["resumed_edits"] == saved_at
+    compared = [k for k, v in whole.items() if isinstance(v, float) and k.split("@")[0].split("_se")[0] in
+                ("reliability", "generalization", "locality", "portability", "perplexity")]
+    assert {"locality", "reliability_se", "perplexity@after_2", "perplexity@after_4", "perplexity@end"} <= set(compared)
+    for key in compared:
+        assert summary[key] == pytest.approx(whole[key], abs=1e-6), key
+    curves = [json.loads((d / "summary.json").read_text())["tables"]["edits over time"] for d in
+              (tmp_path / "whole", resumed_dir)]
+    assert [p["n_edits"] for p in curves[1]] == [2, 4, 6] and "reliability" in curves[1][0]
+    for theirs, mine in zip(*curves):
+        assert mine == pytest.approx(theirs, abs=1e-6)
+    whole_records = [json.loads(r) for r in (tmp_path / "whole" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(r) for r in (resumed_dir / "records.jsonl").read_text().splitlines()]
+    assert [r["edit"] for r in records] == list(range(6))
+    for mine, theirs in zip(records, whole_records):
+        assert mine["reliability@end"] == pytest.approx(theirs["reliability@end"], abs=1e-6)
+    assert state.read_bytes() == before  # the stopped run's state is only read
+    assert not (resumed_dir / "sequential_state.pt").exists()
+
+
 def test_resume_refuses_another_experiment_its_own_directory_a_finished_run_and_no_records(tmp_path, shared_data, monkeypatch):
     stop_after(monkeypatch, 2)
     stopped(run_edit, edit_run(monkeypatch, tmp_path / "stopped"), tmp_path / "stopped")
@@ -122,9 +175,9 @@ def test_resume_refuses_another_experiment_its_own_directory_a_finished_run_and_
         run_edit(edit_run(monkeypatch, tmp_path / "a", resume, "editor.lr=1e-2"), tmp_path / "a")
     with pytest.raises(ValueError, match=r"these settings differ: eval.mode: 'single' then, 'sequential' now"):
         run_edit(edit_run(monkeypatch, tmp_path / "b", resume, "eval.mode=sequential"), tmp_path / "b")
-    stop_after(monkeypatch, 2)  # a stopped sequential run kept no records: nothing to resume
+    stop_after(monkeypatch, 2)  # a sequential run stopped before its first state save: nothing to resume
     stopped(run_edit, edit_run(monkeypatch, tmp_path / "seq", "eval.mode=sequential"), tmp_path / "seq")
-    with pytest.raises(FileNotFoundError, match="no records.jsonl there"):
+    with pytest.raises(FileNotFoundError, match="no sequential_state.pt there"):
         run_edit(edit_run(monkeypatch, tmp_path / "d", f"resume={tmp_path / 'seq'}", "eval.mode=sequential"),
                  tmp_path / "d")
     with pytest.raises(ValueError, match="is this run's own directory"):

@@ -55,17 +55,17 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         return run_value_ceiling(cfg, run_dir)
     if mode != "edit":
         raise ValueError(f"mode={mode!r} is not a mode of edit.py; use 'edit' or 'value_ceiling'")
+    eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     resumed = None
     if cfg.get("resume"):  # a stopped run's records (lit_edit.evaluation.resume)
         if Path(cfg.resume).resolve() == Path(run_dir).resolve():
             raise ValueError(f"resume={cfg.resume} is this run's own directory: a resumed run writes a new one, "
                              "so leave hydra.run.dir at its default or name another directory")
-        resumed = load_resumed_run(cfg.resume, cfg)
+        resumed = load_resumed_run(cfg.resume, cfg, sequential=eval_cfg.sequential)
     refuse_existing_results(run_dir, ("summary.json", "records.jsonl"))
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(cfg.seed, workers=True)
-    eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
     editor = build_editor(cfg)
     datamodule = build_datamodule(cfg, eval_cfg)
     if cfg.get("ckpt"):  # a trained editor: the base model its checkpoint names (or a checked override)
@@ -86,9 +86,7 @@ def run_edit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [editor] if isinstance(editor, L.Callback) else []
     trainer = build_trainer(cfg, callbacks, logger)
-    # a SIGTERM exits 1 and says how far the run got (lit_edit.utils.signals)
-    again = (f"resume={run_dir} continues it in a new run directory" if not eval_cfg.sequential else
-             "a new hydra.run.dir (the default makes one per run) starts again")
-    with explain_sigterm(lambda: f"edit.py {loop.stop_note()}; {again}"):
+    # a SIGTERM exits 1 and says how far the run got and how to go on (lit_edit.utils.signals)
+    with explain_sigterm(lambda: f"edit.py {loop.stop_note()}"):
         trainer.test(loop, datamodule=datamodule, verbose=False)
     return loop.summary

@@ -135,6 +135,16 @@ class AlphaEditEditor(MEMITEditor):
         """Forget the keys of earlier edits (start a new sequence of edits)."""
         self.past_keys = {}
 
+    def sequence_state(self) -> dict[str, Any]:
+        """The past keys per layer: what later edits of a sequence must leave alone."""
+        return {"past_keys": dict(self.past_keys)}
+
+    def load_sequence_state(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - {"past_keys"}
+        if unknown:
+            raise ValueError(f"AlphaEdit's saved memory has {sorted(unknown)}, which it does not keep")
+        self.past_keys = {int(layer): keys for layer, keys in state.get("past_keys", {}).items()}
+
     def clear_cache(self) -> None:
         """Forget templates, ``C``, ``P`` and the past keys (e.g. before using the editor on another model)."""
         super().clear_cache()

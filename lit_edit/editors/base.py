@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -114,6 +114,22 @@ class Editor(abc.ABC):
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditHandle:
         """Apply ``requests`` to ``model`` in place and return how to take them back."""
 
+    def sequence_state(self) -> dict[str, Any]:
+        """What the editor remembers of the edits made so far (tensors, numbers, lists, dicts).
+
+        A sequential run saves it beside the edited weights, so a resumed run edits on with the
+        same memory. Editors that carry nothing from one edit to the next return ``{}``;
+        one that does (AlphaEdit's past keys) must override this and :meth:`load_sequence_state`,
+        or its resumed runs would forget.
+        """
+        return {}
+
+    def load_sequence_state(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`sequence_state` returned."""
+        if state:
+            raise ValueError(f"editor {self.name!r} keeps nothing between edits, but was given a saved memory "
+                             f"of {sorted(state)}: a state saved by another editor")
+
 
 class CallbackEditor(Editor, L.Callback):
     """A training-free editor plugged into the Trainer; prepares itself at ``setup``."""
@@ -128,9 +144,5 @@ class NoEdit(CallbackEditor):
 
     name = "none"
 
-    class _Nothing(EditHandle):
-        def undo(self) -> None:
-            return None
-
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditHandle:
-        return self._Nothing()
+        return WeightSnapshot({})  # a snapshot of no weights: nothing to undo, nothing to save

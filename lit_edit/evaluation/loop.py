@@ -38,6 +38,7 @@ from lit_edit.evaluation.results import (
     SE_SUFFIX, RecordWriter, format_table, nan_to_none, plot_curve, plot_summary, write_summary,
 )
 from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
+from lit_edit.evaluation.sequential_state import STATE_FILE, SequentialState
 from lit_edit.models.layouts import ModelLayout, layout_for
 from lit_edit.utils.precision import check_autocast, resolve_autocast
 from lit_edit.utils.tokens import tokenize_pairs
@@ -69,6 +70,7 @@ class EvalConfig:
     max_length: int = 512
     autocast: str | None = None
     restore_at_end: bool = True
+    state_every: int | None = 50
     perplexity: bool = False
     perplexity_path: str | None = None
     perplexity_tokens: int = 8192
@@ -84,6 +86,8 @@ class EvalConfig:
         check_autocast(self.autocast, "eval.autocast")
         if self.batch_size < 1 or self.every_n < 1:
             raise ValueError("eval.batch_size and eval.every_n must be >= 1")
+        if self.state_every is not None and self.state_every < 1:
+            raise ValueError(f"eval.state_every must be >= 1 or null (never save), got {self.state_every}")
         if self.perplexity and not self.perplexity_path:
             raise ValueError("eval.perplexity needs eval.perplexity_path (a text file, e.g. WikiText-2's test.txt)")
 
@@ -134,10 +138,10 @@ class EditingLoop(L.LightningModule):
         if prune is not None and not cfg.sequential:
             raise ValueError("PRUNE restrains the accumulated update of sequential editing; "
                              f"eval.mode={cfg.mode} undoes every edit, so there is nothing to restrain")
-        if resumed is not None and cfg.sequential:
-            raise ValueError(f"resume continues single and batch runs, whose edits are independent; eval.mode={cfg.mode} "
-                             "builds each edit on the ones before, and the stopped run's edited model is gone")
-        if resumed is not None and cfg.perplexity:
+        if resumed is not None and cfg.sequential and resumed.state is None:
+            raise ValueError(f"resume of a sequential run (eval.mode={cfg.mode}) needs its saved state "
+                             "(lit_edit.evaluation.sequential_state): its edits build on each other")
+        if resumed is not None and cfg.perplexity and not cfg.sequential:
             raise ValueError("resume with eval.perplexity: the stopped run's per-batch perplexities are not in its "
                              "records, so the summary's perplexity would leave them out")
         self.resumed = resumed
@@ -160,6 +164,8 @@ class EditingLoop(L.LightningModule):
         self._n_edits = 0
         self._n_requests = 0
         self._writer: RecordWriter | None = None
+        self._state_saved_at = 0  # edits in the sequential state on disk (0: none saved)
+        self._state_unsavable = ""  # why this run's sequential state cannot be saved, once known
 
     # -- Lightning plumbing ----------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -198,6 +204,8 @@ class EditingLoop(L.LightningModule):
                 tf = self._score(rows)
             for i, row in enumerate(rows):
                 self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
+        if self.resumed is not None and self.resumed.state is not None:
+            self._restore_state(requests)
 
     def _take_resumed(self, requests: Sequence[EditRequest]) -> None:
         """Count the stopped run's records as this run's first edits: copied to this run's records,
@@ -224,9 +232,24 @@ class EditingLoop(L.LightningModule):
                 self._phase_totals[key] = self._phase_totals.get(key, 0.0) + value
             self._resumed_seconds += float(record.get("edit_seconds") or 0.0)
             self._peak_mb = max(self._peak_mb, float(record.get("peak_memory_mb") or 0.0))
-            if self._writer is not None:
+            if self.cfg.sequential:  # written with the final scores at the end
+                self._records[record["edit"]] = dict(record)
+            elif self._writer is not None:
                 self._writer.write(record)
         self._n_edits = len(done)
+
+    def _restore_state(self, requests: Sequence[EditRequest]) -> None:
+        """Put the stopped sequential run's edits back on the model (after the unedited model's
+        locality predictions and perplexity are taken) with its curve so far."""
+        state = self.resumed.state
+        handle = state.apply(self.model, self.editor, self.resumed.run_dir)
+        self._handles.append(handle)
+        self._edited = list(requests[: state.n_edits])
+        self._curve = [dict(point) for point in state.curve]
+        for key, values in state.model_scores.items():
+            if key != "perplexity@unedited":  # measured again on this run's unedited model
+                self._model_scores[key] = list(values)
+        self._save_state()  # this run's directory holds it too, should this run be stopped in turn
 
     @staticmethod
     def _pre_key(req: EditRequest, row: ProbeRow) -> tuple:
@@ -261,11 +284,35 @@ class EditingLoop(L.LightningModule):
             due = self.cfg.eval_at == "every_n" and self._n_edits // self.cfg.every_n > first // self.cfg.every_n
             if due and not self._is_last_batch(batch_idx):  # the final point is the "end" evaluation
                 self._curve.append({"n_edits": self._n_edits, **self._sequential_point(f"after_{self._n_edits}")})
+            every = self.cfg.state_every
+            if every and self._n_edits // every > first // every and not self._is_last_batch(batch_idx):
+                self._save_state()
         else:
             handle.undo()
             if self._writer is not None:
                 for e in range(first, self._n_edits):
                     self._writer.write(self._records.pop(e))
+
+    @property
+    def _state_path(self) -> Path | None:
+        return self.run_dir / STATE_FILE if self.run_dir is not None else None
+
+    def _save_state(self) -> None:
+        """Save what ``resume=`` needs to continue this sequential run from here (after this
+        point's evaluation, so the curve has it and PRUNE's in-place restraint is in the weights)."""
+        if self._state_path is None or self.global_rank != 0:
+            return
+        if self.trainer.world_size > 1:
+            self._state_unsavable = "a run over several processes saves no sequential state (each edits its own share)"
+        elif not SequentialState.savable(self._handles):
+            self._state_unsavable = (f"editor {self.editor.name!r} makes edits that are not weight changes, so its "
+                                     "sequential state cannot be saved")
+        if self._state_unsavable:
+            return
+        records = [self._records[e] for e in sorted(self._records)]
+        SequentialState.capture(self.model, self._handles, self.editor, self._n_edits, records, self._curve,
+                                dict(self._model_scores)).save(self._state_path)
+        self._state_saved_at = self._n_edits
 
     def _is_last_batch(self, batch_idx: int) -> bool:
         """Whether this is the last batch of the (single) test dataloader, when Lightning knows."""
@@ -451,23 +498,36 @@ class EditingLoop(L.LightningModule):
         plot_summary(self.summary, self.run_dir / "summary.png")
         if self._curve:
             plot_curve(self._curve, self.run_dir / "curve.png")
+        if self._state_path is not None and self._state_path.exists():
+            self._state_path.unlink()  # only a stopped run needs it, and this one has its summary
         print("\n" + format_table(self.summary))
 
     def stop_note(self) -> str:
-        """How far a run stopped before its end got, and what of it is on disk.
+        """How far a run stopped before its end got, what of it is on disk, and how to go on.
 
-        Single and batch modes write each edit's record as soon as it is scored, so a stopped
-        run keeps them; sequential modes score at their evaluation points and write at the end.
+        Single and batch modes write each edit's record as soon as it is scored (flushed), so a
+        stopped run keeps them; sequential modes save their state every ``eval.state_every`` edits.
         """
         done = f"stopped after {self._n_edits} of {self._n_requests} edits ({self.cfg.mode} mode)"
-        if self._writer is not None:
-            self._writer.close()
-            kept = f"{self._writer.path} holds the {self._writer.n_records} records scored so far"
-        elif self.run_dir is None or self.global_rank != 0:
+        resumable = False
+        if self.run_dir is None or self.global_rank != 0:
             kept = "this process writes no records"
+        elif not self.cfg.sequential:
+            n = self._writer.n_records if self._writer is not None else 0
+            kept = f"{self.run_dir / 'records.jsonl'} holds the {n} records scored so far"
+            resumable = True
+        elif self._state_saved_at:
+            kept = (f"{self._state_path} holds the state after {self._state_saved_at} edits (sequential runs write "
+                    "their records at the end)")
+            resumable = True
         else:
-            kept = "sequential modes write their records at the end, so none were written"
-        return f"{done}; {kept}; no summary was written"
+            why = self._state_unsavable or (
+                "sequential runs save their state every eval.state_every edits, and this one saved none yet"
+                if self.cfg.state_every else "eval.state_every is null, so no sequential state was saved")
+            kept = f"{why}; sequential runs write their records at the end, so none were written"
+        again = (f"resume={self.run_dir} continues it in a new run directory" if resumable else
+                 "a new hydra.run.dir (the default makes one per run) starts again")
+        return f"{done}; {kept}; no summary was written; {again}"
 
     def _summary(self) -> dict[str, Any]:
         cfg = self.cfg

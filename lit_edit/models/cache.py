@@ -1,4 +1,4 @@
-"""On-disk cache locations and atomic directory writes.
+"""On-disk cache locations and atomic writes of directories and files.
 
 Expensive one-off products (de-quantized GGUF weights, the tiny test tokenizer) are cached as
 directories. A directory is written under a temporary name and renamed into place only when
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,3 +42,23 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(final: Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``final`` to write; move it to ``final`` on success.
+
+    A reader never sees a half-written file, and a stop during the write leaves the previous
+    ``final`` whole. ``keep_existing``: if ``final`` exists by then (another process wrote the
+    same content first), it stays and ours is discarded; otherwise ours replaces it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not (keep_existing and final.exists()):
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -7,6 +7,7 @@ the rank, which leaves a non-trivial preserved span ``U_1`` to check ``Delta U_1
 
 from __future__ import annotations
 
+import copy
 import types
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alphaedit_update, null_space_projection
 from lit_edit.editors.locate.keys import prompt_context_keys
+from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
 from _support.locate import tiny_value_settings
@@ -155,6 +157,28 @@ def test_undo_is_bit_exact_and_restores_the_key_cache(tiny, requests_, random_te
     assert editor.past_keys == {}
     with pytest.raises(RuntimeError, match="already undone"):
         h1.undo()
+
+
+def test_a_saved_sequential_state_continues_with_the_same_keys_and_weights(tiny, requests_, random_text_second_moment,
+                                                                           tmp_path):
+    """A resumed AlphaEdit sequence (SequentialState) writes what the uninterrupted one writes next."""
+    model, tok = tiny("llama")
+    fresh = copy.deepcopy(model)
+    cs, threshold = half_rank_setup(model, random_text_second_moment)
+    editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)
+    handles = [editor.edit(model, tok, requests_[:2])]
+    path = tmp_path / "state.pt"
+    SequentialState.capture(model, handles, editor, 2, [], [], {}).save(path)
+    editor.edit(model, tok, requests_[2:4])
+
+    resumed = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)
+    handle = SequentialState.load(path).apply(fresh, resumed, path)
+    assert all(torch.equal(resumed.past_keys[layer], editor.past_keys[layer][:2]) for layer in LAYERS)
+    resumed.edit(fresh, tok, requests_[2:4])
+    for (name, mine), theirs in zip(fresh.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    handle.undo()  # the restored edits' undo also empties the resumed editor's memory (it had none before)
+    assert resumed.past_keys == {}
 
 
 def test_failed_request_leaves_the_model_and_the_cache_unchanged(check_failed_batch_is_undone, fake_stats):

@@ -51,9 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -66,6 +64,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lit_edit.editors.locate.corpus import Source, as_source, source_signature, text_samples, texts_id, warn_if_short
+from lit_edit.models.cache import atomic_file
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve
 from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.hooks import capture, patch_output
@@ -447,15 +446,8 @@ class SecondMomentStats:
             "statistic": "E[k k^T] over non-padding tokens; k = input of the module",
             "config": json.dumps(asdict(cfg)),
         }
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_file(target, keep_existing=True) as tmp:  # written by someone else since we looked: theirs stays
             save_file({TENSOR: matrix.detach().contiguous().cpu()}, str(tmp), metadata=meta)
-            if target.exists():  # written by someone else since we looked: theirs stays
-                return target
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return target
 
     def _record(self, moment: SecondMoment, matrix: Tensor, source: str, start: float,

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +38,7 @@ from torch import nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.values import ValueHParams, ValueTargets
 from lit_edit.editors.locate.stats import tokenizer_fingerprint
+from lit_edit.models.cache import atomic_file
 from lit_edit.models.loading import model_fingerprint
 
 FORMAT = "lit_edit.value_targets/1"
@@ -97,15 +97,10 @@ class ValueCache:
         path = self.path(key)
         if path.exists():
             return path
-        self.directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(targets, name).detach().float().cpu().contiguous() for name in _TENSORS}
         meta = {"format": FORMAT, "lists": json.dumps({name: getattr(targets, name) for name in _LISTS})}
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        if path.exists():  # another process wrote the same entry meanwhile: keep that one
-            tmp.unlink()
-        else:
-            os.replace(tmp, path)
+        with atomic_file(path, keep_existing=True) as tmp:  # another process's entry, written meanwhile, stays
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     def get_or_compute(self, key: str, compute: Callable[[], ValueTargets],

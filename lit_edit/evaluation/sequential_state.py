@@ -1,0 +1,128 @@
+"""What a sequential run saves as it goes, so that ``resume=`` can continue it after a stop.
+
+Single and batch runs resume from their records alone (:mod:`lit_edit.evaluation.resume`):
+their edits are independent. A sequential run's edits build on one another, so continuing one
+needs the model exactly as the stopped run had edited it, and whatever the editor remembers of
+past edits (AlphaEdit's keys). Every ``eval.state_every`` edits the loop saves that, with the
+per-edit records and the curve so far, to ``sequential_state.pt`` in the run directory:
+
+- the edited parameters' *values*, not their updates: copying values back is bit-exact, while
+  ``w + ((w + d) - w)`` is not always ``w + d`` in floating point;
+- a fingerprint of each parameter before the first edit, so a run resumed on another model (or
+  another checkpoint of the same one) is refused rather than silently mixed;
+- written to a temporary file and moved into place, so a stop during the save leaves the
+  previous state whole.
+
+The file is the run's own scratch: the loop removes it once the run has written its summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from lit_edit.editors.base import EditHandle, Editor, WeightSnapshot
+from lit_edit.editors.prune import originals
+from lit_edit.models.cache import atomic_file
+
+STATE_FILE = "sequential_state.pt"
+FORMAT = 1
+
+
+def fingerprint(tensor: Tensor) -> list[float]:
+    """Sum and sum of squares in float64: equal for the same values, different for another model's."""
+    t = tensor.detach().double()
+    return [float(t.sum()), float((t * t).sum())]
+
+
+class RestoredEdits(WeightSnapshot):
+    """The saved edits put back on the unedited model; ``undo`` also resets the editor's memory."""
+
+    def __init__(self, params: dict[str, nn.Parameter], editor: Editor, editor_state_before: dict[str, Any]) -> None:
+        super().__init__(params)
+        self.editor = editor
+        self.editor_state_before = editor_state_before
+
+    def undo(self) -> None:
+        super().undo()
+        self.editor.load_sequence_state(self.editor_state_before)
+
+
+@dataclass
+class SequentialState:
+    """A sequential run after its first ``n_edits`` edits."""
+
+    n_edits: int
+    weights: dict[str, Tensor]             # edited parameters' current values, by ``named_parameters`` name
+    fingerprints: dict[str, list[float]]   # the same parameters before the first edit (:func:`fingerprint`)
+    records: list[dict[str, Any]]          # per-edit records so far, edit 0 first
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    model_scores: dict[str, list[float]] = field(default_factory=dict)  # "perplexity@after_50": [...]
+    editor_state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, model: nn.Module, handles: Iterable[EditHandle], editor: Editor, n_edits: int,
+                records: list[dict[str, Any]], curve: list[dict[str, Any]],
+                model_scores: dict[str, list[float]]) -> SequentialState:
+        """The state of ``model`` edited through ``handles`` (all :class:`WeightSnapshot`; check first)."""
+        names = {id(p): name for name, p in model.named_parameters()}
+        weights, prints = {}, {}
+        for handle_name, (param, original) in originals(handles).items():
+            name = names.get(id(param))
+            if name is None:
+                raise ValueError(f"edited tensor {handle_name!r} is not a parameter of the model, so it cannot be saved")
+            weights[name] = param.detach().cpu().clone()
+            prints[name] = fingerprint(original)
+        return cls(n_edits=n_edits, weights=weights, fingerprints=prints, records=[dict(r) for r in records],
+                   curve=[dict(p) for p in curve], model_scores={k: list(v) for k, v in model_scores.items()},
+                   editor_state=editor.sequence_state())
+
+    @staticmethod
+    def savable(handles: Iterable[EditHandle]) -> bool:
+        """Whether every edit so far is a weight change (others, e.g. hooks, have no values to save)."""
+        return all(isinstance(h, WeightSnapshot) for h in handles)
+
+    def save(self, path: Path) -> None:
+        with atomic_file(path) as tmp:
+            torch.save({"format": FORMAT, **asdict(self)}, tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> SequentialState:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+            raise ValueError(f"{path}: not a readable sequential state ({type(err).__name__}: {err})") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a sequential state of format {FORMAT} "
+                             f"(format {data.get('format') if isinstance(data, dict) else None!r})")
+        data.pop("format")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def apply(self, model: nn.Module, editor: Editor, where: Path | str) -> RestoredEdits:
+        """Write the saved values into ``model`` (checked to be the model that was edited) and
+        the editor's memory into ``editor``; the handle undoes both."""
+        params = dict(model.named_parameters())
+        for name, value in self.weights.items():
+            param = params.get(name)
+            if param is None:
+                raise ValueError(f"{where}: the saved run edited {name!r}, which this model does not have")
+            if tuple(param.shape) != tuple(value.shape):
+                raise ValueError(f"{where}: {name} is {tuple(value.shape)} there and {tuple(param.shape)} here: "
+                                 "another model")
+            here, there = (torch.tensor(v, dtype=torch.float64) for v in (fingerprint(param), self.fingerprints[name]))
+            if not torch.allclose(here, there, rtol=1e-9, atol=0.0):
+                raise ValueError(f"{where}: {name} of this model is not the one that run started from "
+                                 "(another model or checkpoint)")
+        handle = RestoredEdits({name: params[name] for name in self.weights}, editor, editor.sequence_state())
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        editor.load_sequence_state(self.editor_state)
+        return handle
