@@ -119,10 +119,11 @@ SEQUENTIAL = ("eval.eval_at=every_n", "eval.every_n=2", "eval.state_every=2", "e
               "eval.perplexity_tokens=256", "eval.perplexity_window=64")
 
 
-@pytest.mark.parametrize("mode", ["sequential", "sequential_batch"])
+@pytest.mark.parametrize("mode,prune", [("sequential", False), ("sequential", True), ("sequential_batch", False)])
 def test_a_stopped_sequential_run_resumes_from_its_saved_state_to_the_numbers_of_an_uninterrupted_one(
-        mode, tmp_path, shared_data, monkeypatch):
-    extra = (f"eval.mode={mode}", *SEQUENTIAL, *(("eval.batch_size=2",) if mode == "sequential_batch" else ()))
+        mode, prune, tmp_path, shared_data, monkeypatch):
+    extra = (f"eval.mode={mode}", *SEQUENTIAL, *(("eval.batch_size=2",) if mode == "sequential_batch" else ()),
+             *(("editor.prune.enabled=true",) if prune else ()))  # PRUNE in place: the saved weights are restrained
     whole = run_edit(edit_run(monkeypatch, tmp_path / "whole", *extra), tmp_path / "whole")
     assert not (tmp_path / "whole" / "sequential_state.pt").exists()  # removed once the summary is written
     # the state is saved after edits 2 and 4. sequential: stopped after edit 3, which is lost; sequential_batch
@@ -149,7 +150,9 @@ def test_a_stopped_sequential_run_resumes_from_its_saved_state_to_the_numbers_of
     assert len(calls) == (4 if mode == "sequential" else 1), "edits the saved state holds were made again"
     assert summary["n_edits"] == 6 and summary["resumed_edits"] == saved_at
     compared = [k for k, v in whole.items() if isinstance(v, float) and k.split("@")[0].split("_se")[0] in
-                ("reliability", "generalization", "locality", "portability", "perplexity")]
+                ("reliability", "generalization", "locality", "portability", "perplexity", "update_sigma_max",
+                 "update_sigma_max_before_prune", "cond_edited_max")]
+    assert ("update_sigma_max_before_prune" in compared) == prune
     assert {"locality", "reliability_se", "perplexity@after_2", "perplexity@after_4", "perplexity@end"} <= set(compared)
     for key in compared:
         assert summary[key] == pytest.approx(whole[key], abs=1e-6), key
