@@ -11,6 +11,7 @@ that exception into :class:`Interrupted`: status 1 and a message saying what was
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -37,5 +38,9 @@ def explain_sigterm(note: Callable[[], str]) -> Iterator[None]:
     except SIGTERMException as stop:
         said = stop.code if isinstance(stop.code, str) else ""
         message = "; ".join(part for part in (said, note()) if part)
+        # the progress bar's line has no newline until the bar closes, which a stop skips: end it,
+        # or the message lands at the end of that line (in a terminal, and in a log of stdout and stderr)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
         logging.getLogger(__name__).error(message)
         raise Interrupted(message) from None

@@ -84,6 +84,10 @@ def test_corpus_paragraphs_headings_and_ids(tmp_path, corpus):
     lines = tmp_path / "lines.txt"
     lines.write_text("one\n = Head = \ntwo\n\n", encoding="utf-8")
     assert text_samples(str(lines), 2) == ["one", "two"]  # a trailing blank line alone is not "paragraphs"
+    stray = tmp_path / "stray.txt"  # one text per line, and one blank line among 60: still lines
+    stray.write_text("\n".join(f"text {i}" for i in range(30)) + "\n\n" + "\n".join(f"more {i}" for i in range(30)))
+    assert all_documents(str(stray))[:2] == ["text 0", "text 1"] and len(all_documents(str(stray))) == 60
+    assert len(all_documents(str(stray), unit="paragraph")) == 2
     assert all_documents(str(corpus), unit="line")[:2] == ["The capital of France is Paris. It is on the Seine.",
                                                            "Paris has many museums."]
     with pytest.warns(UserWarning, match="only 7 documents"):

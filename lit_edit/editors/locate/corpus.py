@@ -22,8 +22,10 @@ A list of sources is one corpus: their documents one after the other, in the ord
 Documents, in file order (deterministic; nothing is shuffled):
 
 - WikiText: every paragraph line is one document (that is how the corpus is laid out).
-- a text file (``unit="auto"``): blank-line-separated paragraphs when the file has blank
-  lines, otherwise one document per line. ``unit="paragraph"`` / ``"line"`` force either.
+- a text file (``unit="auto"``): blank-line-separated paragraphs when blank lines separate
+  it into paragraphs of at most ``MAX_AUTO_PARAGRAPH_LINES`` lines on average, otherwise one
+  document per line (so a stray blank line in a one-text-per-line file does not glue thousands
+  of lines into two documents). ``unit="paragraph"`` / ``"line"`` force either.
 - a ``datasets`` directory: one document per row (split ``"train"`` of a ``DatasetDict``
   when it has one, otherwise all splits in their saved order).
 - ``prompts:``: one document per prompt, record by record, fields in the order given.
@@ -54,6 +56,9 @@ JSON = "json:"
 PROMPT_FIELDS = ("prompt", "rephrase", "locality", "portability")
 
 Unit = Literal["auto", "paragraph", "line"]
+#: ``unit="auto"`` reads blank-line-separated blocks as paragraphs only when they average at most
+#: this many lines (prose wrapped at 80 columns: a few to a dozen per paragraph)
+MAX_AUTO_PARAGRAPH_LINES = 20
 Source = str | tuple[str, ...]  # one source, or several pooled in order
 
 
@@ -175,8 +180,9 @@ def _lines(text: str) -> list[str]:
 
 def _split(text: str, unit: Unit) -> list[str]:
     if unit == "auto":
-        has_blank = any(not line.strip() for line in text.strip().splitlines())
-        unit = "paragraph" if has_blank else "line"
+        paragraphs, lines = _paragraphs(text), _lines(text)
+        blocks_are_paragraphs = len(paragraphs) > 1 and len(lines) <= MAX_AUTO_PARAGRAPH_LINES * len(paragraphs)
+        return paragraphs if blocks_are_paragraphs else lines
     if unit == "paragraph":
         return _paragraphs(text)
     if unit == "line":
