@@ -19,8 +19,10 @@ from lit_edit.utils.signals import explain_sigterm
 
 log = logging.getLogger(__name__)
 
+# "...your dataloader is not resumable": Lightning looks for a dataloader with state_dict; the
+# training order resumes through its sampler instead (lit_edit.data.resumable)
 _QUIET = (r".*isinstance\(treespec, LeafSpec\).*", r".*litlogger.*", r".*does not have many workers.*",
-          r".*overridden `transfer_batch_to_device`.*")
+          r".*overridden `transfer_batch_to_device`.*", r".*your dataloader is not resumable.*")
 
 
 def check_learned(cfg: DictConfig) -> type:

@@ -26,6 +26,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from lit_edit.data.registry import check_limit, read_requests
+from lit_edit.data.resumable import ResumableShuffle, batches_per_epoch, resume_position
 from lit_edit.data.schema import EditRequest
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class EditTrainingDataModule(L.LightningDataModule):
     Args:
         name, split, path, data_root: the training records (registry names, as ``configs/data``).
         limit: keep at most this many training records (after the validation hold-out).
-        seed: seeds the hold-out split (the training order is shuffled by the loader).
+        seed: seeds the hold-out split and the training order of every epoch.
         edits_per_batch: edits applied together per step (batch editing when > 1).
         val_name, val_split, val_path: a separate validation set (``counterfact_val``); when
             ``val_name`` is None, ``val_size`` records of the training file are held out instead.
@@ -174,10 +175,18 @@ class EditTrainingDataModule(L.LightningDataModule):
                  len(self.train_examples), len(self.val_examples), hp.edits_per_batch)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled per epoch by ``seed``, so a run resumed mid-epoch continues the same order
+        (:mod:`lit_edit.data.resumable`); under DDP each process takes its share."""
         self.setup("fit")
         assert self.train_examples is not None
-        return DataLoader(_Examples(self.train_examples), batch_size=self.hparams.edits_per_batch, shuffle=True,
-                          collate_fn=collate_edits, num_workers=self.hparams.num_workers)
+        hp, trainer = self.hparams, self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        examples = _Examples(self.train_examples)
+        epoch, done = resume_position(trainer, batches_per_epoch(len(examples), hp.edits_per_batch, world))
+        order = ResumableShuffle(examples, hp.edits_per_batch, num_replicas=world, rank=rank, seed=hp.seed,
+                                 epoch=epoch, batches_done=done)
+        return DataLoader(examples, batch_size=hp.edits_per_batch, sampler=order, collate_fn=collate_edits,
+                          num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches, or an empty list (Lightning then skips validation)."""

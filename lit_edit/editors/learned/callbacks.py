@@ -26,7 +26,8 @@ class EditorCheckpoint(ModelCheckpoint):
 
     Nothing that exists is overwritten: a name already taken (by an earlier run, or a file
     the user put there) gets Lightning's version suffix (``-v1``, ``-v2``, ...). Only files
-    this run wrote are ever replaced (the previous "latest" or "best" of the same run).
+    this process wrote are ever removed (its previous "latest" or "best"), also when it
+    resumed another run's checkpoint, whose files stay.
     With ``monitor=None`` the callback keeps the latest checkpoint (every
     ``every_n_train_steps`` and at the end of training, for resuming); with a monitor it
     keeps the best ``save_top_k`` by that validation metric.
@@ -38,6 +39,19 @@ class EditorCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename=filename, auto_insert_metric_name=False,
                          enable_version_counter=True, **kwargs)
         self.tag = tag
+        # what this process wrote: all it may remove. A run resumed from a checkpoint restores the
+        # stopped run's best and latest paths (so it compares against their scores), but those
+        # files belong to that run and stay when this one finds a better model.
+        self._written: set[str] = set()
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._written.add(str(filepath))
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if str(filepath) in self._written:
+            super()._remove_checkpoint(trainer, filepath)
+            self._written.discard(str(filepath))
 
     @property
     def state_key(self) -> str:
