@@ -57,3 +57,24 @@ def test_a_sigterm_to_the_launching_process_ends_both_and_names_the_latest_check
     assert (f"train.py: training stopped at step 3; ckpt_path={latest} resumes it from step 2, its latest "
             "checkpoint") in out.stderr
     assert torch.load(latest, weights_only=True)["global_step"] == 2
+
+
+def test_a_run_resumed_mid_epoch_trains_each_process_on_what_the_uninterrupted_run_did(tmp_path, shared_data):
+    """8 edits, 2 processes: 4 steps an epoch each. Resumed from step 3 (mid-epoch), every process
+    continues its own share of the epoch's order (lit_edit.data.resumable)."""
+    common = ("data.limit=10", "callbacks.early_stopping=null", "callbacks.latest_checkpoint.every_n_train_steps=3",
+              "callbacks.latest_checkpoint.save_top_k=-1", "+callbacks.order._target_=_support.order.RecordOrder")
+    whole = train_ddp(tmp_path / "whole", "trainer.max_steps=6", *common,
+                      f"+callbacks.order.dirpath={tmp_path / 'whole' / 'order'}")
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    start = tmp_path / "whole" / "ckpt" / "mend-tiny_llama-step3.ckpt"
+    resumed = train_ddp(tmp_path / "resumed", "trainer.max_steps=6", *common, f"ckpt_path={start}",
+                        f"+callbacks.order.dirpath={tmp_path / 'resumed' / 'order'}")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    orders = {run: [json.loads((tmp_path / run / "order" / f"order-rank{r}.json").read_text()) for r in (0, 1)]
+              for run in ("whole", "resumed")}
+    for rank in (0, 1):
+        assert [step for step, _ in orders["whole"][rank]] == list(range(6))
+        assert orders["resumed"][rank] == orders["whole"][rank][3:], f"rank {rank}"
+    shares = [{c for _, ids in orders["whole"][r][:4] for c in ids} for r in (0, 1)]
+    assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 8  # one epoch: each edit on one process

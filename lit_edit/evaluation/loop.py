@@ -11,6 +11,10 @@ When sequential runs evaluate (``eval_at``) is explicit because papers disagree:
 the final model, ``every_n`` re-scores all edits so far after every n edits (a curve).
 In sequential modes the final model is always scored as well; the headline numbers of a
 sequential run are those of the final model, the immediate ones appear as ``*@each_edit``.
+
+What a stopped run keeps: single and batch modes write each edit's record once it is scored;
+sequential modes save their state every ``state_every`` edits
+(:mod:`lit_edit.evaluation.sequential_state`). Either is what ``resume=`` continues from.
 """
 
 from __future__ import annotations
