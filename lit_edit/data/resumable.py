@@ -58,10 +58,16 @@ def resume_position(trainer: Any, n_batches: int) -> tuple[int, int]:
 
     Read when the train dataloader is built, after Lightning has restored the checkpoint's loop
     progress: ``processed`` counts the training steps of the current epoch. A checkpoint taken
-    after the epoch's last batch resumes at the next epoch's start.
+    after the epoch's last batch (``n_batches``, cut to ``limit_train_batches`` as Lightning
+    cuts it) resumes at the next epoch's start.
     """
     if trainer is None or not trainer.fit_loop.restarting:
         return (int(getattr(trainer, "current_epoch", 0) or 0), 0)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        n_batches = min(n_batches, limit)
+    elif isinstance(limit, float):
+        n_batches = int(n_batches * limit)
     epoch = trainer.current_epoch
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     if done >= n_batches:

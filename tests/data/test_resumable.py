@@ -49,12 +49,13 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path, max_steps: int, ckpt_path=None, every: int = 1000) -> list:
+def fit(tmp_path, max_steps: int, ckpt_path=None, every: int = 1000, limit_batches: int | float = 1.0) -> list:
     module = Recorder()
     data = EditTrainingDataModule("zsre_train", limit=10, val_size=0, seed=3, edits_per_batch=2)  # 5 steps an epoch
     saver = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=every, save_top_k=-1)
     trainer = L.Trainer(max_steps=max_steps, callbacks=[saver], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+                        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+                        limit_train_batches=limit_batches)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module.seen
 
@@ -66,3 +67,10 @@ def test_a_resumed_run_trains_on_what_the_uninterrupted_one_would_have(tmp_path,
     for step in (3, 5, 7):  # mid-epoch, the first epoch's end, mid-way through the second
         resumed = fit(tmp_path / "resumed", 13, ckpt_path=tmp_path / f"step={step}.ckpt")
         assert resumed == whole[step:], f"resumed from step {step}"
+
+
+def test_an_epoch_cut_by_limit_train_batches_resumes_at_the_next_epoch(tmp_path, shared_data):
+    whole = fit(tmp_path, 9, every=1, limit_batches=3)  # 3 of the 5 steps an epoch
+    assert [epoch for epoch, _ in whole] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    resumed = fit(tmp_path / "resumed", 9, ckpt_path=tmp_path / "step=3.ckpt", limit_batches=3)
+    assert resumed == whole[3:]
