@@ -44,6 +44,7 @@ from lit_edit.evaluation.results import (
 from lit_edit.evaluation.scoring import greedy_generate, teacher_forced
 from lit_edit.evaluation.sequential_state import STATE_FILE, SequentialState
 from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.precision import check_autocast, resolve_autocast
 from lit_edit.utils.tokens import tokenize_pairs
 
@@ -169,6 +170,7 @@ class EditingLoop(L.LightningModule):
         self._n_requests = 0
         self._writer: RecordWriter | None = None
         self._state_saved_at = 0  # edits in the sequential state on disk (0: none saved)
+        self._base_fingerprint = ""  # the unedited model's, kept with a sequential state
         self._state_unsavable = ""  # why this run's sequential state cannot be saved, once known
 
     # -- Lightning plumbing ----------------------------------------------------------------
@@ -208,6 +210,8 @@ class EditingLoop(L.LightningModule):
                 tf = self._score(rows)
             for i, row in enumerate(rows):
                 self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
+        if self.cfg.sequential:
+            self._base_fingerprint = model_fingerprint(self.model)
         if self.resumed is not None and self.resumed.state is not None:
             self._restore_state(requests)
 
@@ -314,8 +318,8 @@ class EditingLoop(L.LightningModule):
         if self._state_unsavable:
             return
         records = [self._records[e] for e in sorted(self._records)]
-        SequentialState.capture(self.model, self._handles, self.editor, self._n_edits, records, self._curve,
-                                dict(self._model_scores)).save(self._state_path)
+        SequentialState.capture(self.model, self._base_fingerprint, self._handles, self.editor, self._n_edits, records,
+                                self._curve, dict(self._model_scores)).save(self._state_path)
         self._state_saved_at = self._n_edits
 
     def _is_last_batch(self, batch_idx: int) -> bool:

@@ -8,8 +8,9 @@ per-edit records and the curve so far, to ``sequential_state.pt`` in the run dir
 
 - the edited parameters' *values*, not their updates: copying values back is bit-exact, while
   ``w + ((w + d) - w)`` is not always ``w + d`` in floating point;
-- a fingerprint of each parameter before the first edit, so a run resumed on another model (or
-  another checkpoint of the same one) is refused rather than silently mixed;
+- the unedited model's fingerprint (:func:`~lit_edit.models.loading.model_fingerprint`), so a
+  run resumed on another model (or another checkpoint of the same one) is refused rather than
+  silently mixed;
 - written to a temporary file and moved into place, so a stop during the save leaves the
   previous state whole.
 
@@ -28,15 +29,10 @@ from torch import Tensor, nn
 from lit_edit.editors.base import EditHandle, Editor, WeightSnapshot
 from lit_edit.editors.prune import originals
 from lit_edit.models.cache import atomic_file
+from lit_edit.models.loading import model_fingerprint
 
 STATE_FILE = "sequential_state.pt"
-FORMAT = 1
-
-
-def fingerprint(tensor: Tensor) -> list[float]:
-    """Sum and sum of squares in float64: equal for the same values, different for another model's."""
-    t = tensor.detach().double()
-    return [float(t.sum()), float((t * t).sum())]
+FORMAT = 2  # 2: one fingerprint of the whole unedited model (1: per edited parameter)
 
 
 class RestoredEdits(WeightSnapshot):
@@ -58,26 +54,25 @@ class SequentialState:
 
     n_edits: int
     weights: dict[str, Tensor]             # edited parameters' current values, by ``named_parameters`` name
-    fingerprints: dict[str, list[float]]   # the same parameters before the first edit (:func:`fingerprint`)
+    base_fingerprint: str                  # model_fingerprint of the model before the first edit
     records: list[dict[str, Any]]          # per-edit records so far, edit 0 first
     curve: list[dict[str, Any]] = field(default_factory=list)
     model_scores: dict[str, list[float]] = field(default_factory=dict)  # "perplexity@after_50": [...]
     editor_state: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def capture(cls, model: nn.Module, handles: Iterable[EditHandle], editor: Editor, n_edits: int,
-                records: list[dict[str, Any]], curve: list[dict[str, Any]],
+    def capture(cls, model: nn.Module, base_fingerprint: str, handles: Iterable[EditHandle], editor: Editor,
+                n_edits: int, records: list[dict[str, Any]], curve: list[dict[str, Any]],
                 model_scores: dict[str, list[float]]) -> SequentialState:
         """The state of ``model`` edited through ``handles`` (all :class:`WeightSnapshot`; check first)."""
         names = {id(p): name for name, p in model.named_parameters()}
-        weights, prints = {}, {}
-        for handle_name, (param, original) in originals(handles).items():
+        weights = {}
+        for handle_name, (param, _) in originals(handles).items():
             name = names.get(id(param))
             if name is None:
                 raise ValueError(f"edited tensor {handle_name!r} is not a parameter of the model, so it cannot be saved")
             weights[name] = param.detach().cpu().clone()
-            prints[name] = fingerprint(original)
-        return cls(n_edits=n_edits, weights=weights, fingerprints=prints, records=[dict(r) for r in records],
+        return cls(n_edits=n_edits, weights=weights, base_fingerprint=base_fingerprint, records=[dict(r) for r in records],
                    curve=[dict(p) for p in curve], model_scores={k: list(v) for k, v in model_scores.items()},
                    editor_state=editor.sequence_state())
 
@@ -108,6 +103,9 @@ class SequentialState:
     def apply(self, model: nn.Module, editor: Editor, where: Path | str) -> RestoredEdits:
         """Write the saved values into ``model`` (checked to be the model that was edited) and
         the editor's memory into ``editor``; the handle undoes both."""
+        if model_fingerprint(model) != self.base_fingerprint:
+            raise ValueError(f"{where}: this model is not the one that run started from (fingerprint "
+                             f"{model_fingerprint(model)} here, {self.base_fingerprint} there): another model or checkpoint")
         params = dict(model.named_parameters())
         for name, value in self.weights.items():
             param = params.get(name)
@@ -116,10 +114,6 @@ class SequentialState:
             if tuple(param.shape) != tuple(value.shape):
                 raise ValueError(f"{where}: {name} is {tuple(value.shape)} there and {tuple(param.shape)} here: "
                                  "another model")
-            here, there = (torch.tensor(v, dtype=torch.float64) for v in (fingerprint(param), self.fingerprints[name]))
-            if not torch.allclose(here, there, rtol=1e-9, atol=0.0):
-                raise ValueError(f"{where}: {name} of this model is not the one that run started from "
-                                 "(another model or checkpoint)")
         handle = RestoredEdits({name: params[name] for name in self.weights}, editor, editor.sequence_state())
         with torch.no_grad():
             for name, value in self.weights.items():

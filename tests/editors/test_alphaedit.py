@@ -17,6 +17,7 @@ from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alpha
 from lit_edit.editors.locate.keys import prompt_context_keys
 from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
+from lit_edit.models.loading import model_fingerprint
 
 from _support.locate import tiny_value_settings
 
@@ -168,7 +169,7 @@ def test_a_saved_sequential_state_continues_with_the_same_keys_and_weights(tiny,
     editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)
     handles = [editor.edit(model, tok, requests_[:2])]
     path = tmp_path / "state.pt"
-    SequentialState.capture(model, handles, editor, 2, [], [], {}).save(path)
+    SequentialState.capture(model, model_fingerprint(fresh), handles, editor, 2, [], [], {}).save(path)
     editor.edit(model, tok, requests_[2:4])
 
     resumed = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)

@@ -8,6 +8,7 @@ import torch
 from lit_edit.editors.base import NoEdit, WeightSnapshot
 from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import resolve, weight_view
+from lit_edit.models.loading import model_fingerprint
 
 
 def edited(model, scale: float = 0.01) -> list[WeightSnapshot]:
@@ -28,8 +29,9 @@ def test_the_saved_weights_come_back_bit_exact_and_undo_to_the_unedited_model(ti
     fresh, _ = tiny(arch)
     unedited = {k: v.clone() for k, v in fresh.state_dict().items()}
     records = [{"edit": 0, "prompt": "p"}, {"edit": 1, "prompt": "q"}]
-    state = SequentialState.capture(model, edited(model), NoEdit(), 2, records, [{"n_edits": 2, "reliability": 0.5}],
-                                    {"perplexity@after_2": [12.5]})
+    base = model_fingerprint(model)
+    state = SequentialState.capture(model, base, edited(model), NoEdit(), 2, records,
+                                    [{"n_edits": 2, "reliability": 0.5}], {"perplexity@after_2": [12.5]})
     assert len(state.weights) == 2  # one entry per parameter, however many edits touched it
     path = tmp_path / "state.pt"
     state.save(path)
@@ -44,17 +46,21 @@ def test_the_saved_weights_come_back_bit_exact_and_undo_to_the_unedited_model(ti
 
 def test_a_state_is_refused_on_another_model_another_editor_or_when_unreadable(tiny, tmp_path):
     model, _ = tiny("llama")
-    state = SequentialState.capture(model, edited(model), NoEdit(), 2, [], [], {})
+    state = SequentialState.capture(model, model_fingerprint(model), edited(model), NoEdit(), 2, [], [], {})
     path = tmp_path / "state.pt"
     state.save(path)
     other, _ = tiny("llama")
     with torch.no_grad():  # the same architecture, other weights (another checkpoint)
         weight_view(resolve(other, "mlp_out", 0))[0].mul_(1.001)
-    with pytest.raises(ValueError, match=r"mlp.down_proj.weight of this model is not the one that run started from"):
+    with pytest.raises(ValueError, match=r"this model is not the one that run started from \(fingerprint"):
         SequentialState.load(path).apply(other, NoEdit(), path)
     gpt2, _ = tiny("gpt2")
-    with pytest.raises(ValueError, match=r"which this model does not have"):
+    with pytest.raises(ValueError, match=r"not the one that run started from"):
         SequentialState.load(path).apply(gpt2, NoEdit(), path)
+    renamed = SequentialState.load(path)  # a state naming a parameter the model lacks (a hand-edited file)
+    renamed.weights = {f"x.{k}": v for k, v in renamed.weights.items()}
+    with pytest.raises(ValueError, match=r"which this model does not have"):
+        renamed.apply(tiny("llama")[0], NoEdit(), path)
     state.editor_state = {"past_keys": {}}
     with pytest.raises(ValueError, match=r"editor 'none' keeps nothing between edits"):
         state.apply(tiny("llama")[0], NoEdit(), path)
