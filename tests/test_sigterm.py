@@ -115,14 +115,16 @@ def test_a_stopped_edit_run_resumes_to_the_numbers_of_an_uninterrupted_one(mode,
     assert (tmp_path / "stopped" / "records.jsonl").read_text().splitlines() == kept  # only read
 
 
-SEQUENTIAL = ("eval.eval_at=every_n", "eval.every_n=2", "eval.state_every=2", "eval.perplexity=true",
-              "eval.perplexity_tokens=256", "eval.perplexity_window=64")
+SEQUENTIAL = ("eval.every_n=2", "eval.state_every=2", "eval.perplexity=true", "eval.perplexity_tokens=256",
+              "eval.perplexity_window=64")
 
 
-@pytest.mark.parametrize("mode,prune", [("sequential", False), ("sequential", True), ("sequential_batch", False)])
+@pytest.mark.parametrize("mode,prune,eval_at", [("sequential", False, "every_n"), ("sequential", True, "every_n"),
+                                                ("sequential_batch", False, "every_n"), ("sequential", False, "each_edit")])
 def test_a_stopped_sequential_run_resumes_from_its_saved_state_to_the_numbers_of_an_uninterrupted_one(
-        mode, prune, tmp_path, shared_data, monkeypatch):
-    extra = (f"eval.mode={mode}", *SEQUENTIAL, *(("eval.batch_size=2",) if mode == "sequential_batch" else ()),
+        mode, prune, eval_at, tmp_path, shared_data, monkeypatch):
+    extra = (f"eval.mode={mode}", f"eval.eval_at={eval_at}", *SEQUENTIAL,
+             *(("eval.batch_size=2",) if mode == "sequential_batch" else ()),
              *(("editor.prune.enabled=true",) if prune else ()))  # PRUNE in place: the saved weights are restrained
     whole = run_edit(edit_run(monkeypatch, tmp_path / "whole", *extra), tmp_path / "whole")
     assert not (tmp_path / "whole" / "sequential_state.pt").exists()  # removed once the summary is written
@@ -153,14 +155,17 @@ def test_a_stopped_sequential_run_resumes_from_its_saved_state_to_the_numbers_of
                 ("reliability", "generalization", "locality", "portability", "perplexity", "update_sigma_max",
                  "update_sigma_max_before_prune", "cond_edited_max")]
     assert ("update_sigma_max_before_prune" in compared) == prune
-    assert {"locality", "reliability_se", "perplexity@after_2", "perplexity@after_4", "perplexity@end"} <= set(compared)
+    if eval_at == "every_n":  # a curve, with the model's perplexity at each point
+        assert {"locality", "reliability_se", "perplexity@after_2", "perplexity@after_4", "perplexity@end"} <= set(compared)
+        curves = [json.loads((d / "summary.json").read_text())["tables"]["edits over time"] for d in
+                  (tmp_path / "whole", resumed_dir)]
+        assert [p["n_edits"] for p in curves[1]] == [2, 4, 6] and "reliability" in curves[1][0]
+        for theirs, mine in zip(*curves):
+            assert mine == pytest.approx(theirs, abs=1e-6)
+    else:  # each edit scored as it was made: the stopped run's scores come back from the state's records
+        assert {"reliability@each_edit", "locality@each_edit", "reliability@end", "perplexity@end"} <= set(compared)
     for key in compared:
         assert summary[key] == pytest.approx(whole[key], abs=1e-6), key
-    curves = [json.loads((d / "summary.json").read_text())["tables"]["edits over time"] for d in
-              (tmp_path / "whole", resumed_dir)]
-    assert [p["n_edits"] for p in curves[1]] == [2, 4, 6] and "reliability" in curves[1][0]
-    for theirs, mine in zip(*curves):
-        assert mine == pytest.approx(theirs, abs=1e-6)
     whole_records = [json.loads(r) for r in (tmp_path / "whole" / "records.jsonl").read_text().splitlines()]
     records = [json.loads(r) for r in (resumed_dir / "records.jsonl").read_text().splitlines()]
     assert [r["edit"] for r in records] == list(range(6))
