@@ -35,7 +35,7 @@ After all layers are written, this edit's keys are appended to ``past_keys`` (Al
 recomputes them on the edited model; the keys at layer ``l`` depend only on the blocks below
 ``l``'s ``mlp_out``, which were already edited when layer ``l``'s keys were computed, so the
 keys used for the update are those same keys). :meth:`edit` returns an
-:class:`AlphaEditSnapshot`, whose ``undo`` restores both the weights (bit-exact) and
+:class:`~lit_edit.editors.base.MemorySnapshot`, whose ``undo`` restores both the weights (bit-exact) and
 ``past_keys``; undo edits in reverse order (as the loop does).
 """
 
@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lit_edit.editors.base import WeightSnapshot
+from lit_edit.editors.base import MemorySnapshot
 from lit_edit.editors.memit import LayerUpdate, MEMITEditor
 
 
@@ -82,20 +82,6 @@ def alphaedit_update(keys: Tensor, residual: Tensor, projection: Tensor, l2: flo
     except RuntimeError as err:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise ValueError(f"P (K K^T + K_p K_p^T) + L2 I ({a.shape[0]}x{a.shape[0]}) is singular: {err}") from err
     return x.T
-
-
-class AlphaEditSnapshot(WeightSnapshot):
-    """A :class:`WeightSnapshot` whose ``undo`` also puts the editor's ``past_keys`` back."""
-
-    def __init__(self, params: dict[str, nn.Parameter], editor: "AlphaEditEditor") -> None:
-        super().__init__(params)
-        self.editor = editor
-        # tensors in past_keys are replaced (torch.cat), never changed in place: a shallow copy suffices
-        self.saved_past_keys = dict(editor.past_keys)
-
-    def undo(self) -> None:
-        super().undo()
-        self.editor.past_keys = dict(self.saved_past_keys)
 
 
 class AlphaEditEditor(MEMITEditor):
@@ -136,7 +122,11 @@ class AlphaEditEditor(MEMITEditor):
         self.past_keys = {}
 
     def sequence_state(self) -> dict[str, Any]:
-        """The past keys per layer: what later edits of a sequence must leave alone."""
+        """The past keys per layer: what later edits of a sequence must leave alone.
+
+        A shallow copy suffices: tensors in ``past_keys`` are replaced (``torch.cat``), never changed
+        in place.
+        """
         return {"past_keys": dict(self.past_keys)}
 
     def load_sequence_state(self, state: dict[str, Any]) -> None:
@@ -157,9 +147,9 @@ class AlphaEditEditor(MEMITEditor):
         self.projections = {layer: null_space_projection(c, self.nullspace_threshold) for layer, c in cs.items()}
         return cs
 
-    def _snapshot(self, layout, modules: Mapping[int, nn.Module]) -> AlphaEditSnapshot:
+    def _snapshot(self, layout, modules: Mapping[int, nn.Module]) -> MemorySnapshot:
         plain = super()._snapshot(layout, modules)
-        return AlphaEditSnapshot(plain.params, self)
+        return MemorySnapshot(plain.params, self)
 
     # -- editing ---------------------------------------------------------------------------------
     def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor,

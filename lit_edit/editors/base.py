@@ -54,6 +54,24 @@ class WeightSnapshot(EditHandle):
         self._undone = True
 
 
+class MemorySnapshot(WeightSnapshot):
+    """A :class:`WeightSnapshot` whose ``undo`` also puts back the editor's memory of past edits.
+
+    For editors that remember earlier edits (:meth:`Editor.sequence_state`, AlphaEdit's past
+    keys): undoing an edit must forget it there too, or later edits would keep sparing keys of
+    an edit that no longer exists. The memory is taken when the snapshot is.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], editor: "Editor") -> None:
+        super().__init__(params)
+        self.editor = editor
+        self.memory = editor.sequence_state()
+
+    def undo(self) -> None:
+        super().undo()
+        self.editor.load_sequence_state(self.memory)
+
+
 class EditInterrupted(Interrupted):
     """SIGTERM honoured inside one long edit, at a point where the work done so far is kept.
 

@@ -26,26 +26,13 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from lit_edit.editors.base import EditHandle, Editor, WeightSnapshot
+from lit_edit.editors.base import EditHandle, Editor, MemorySnapshot, WeightSnapshot
 from lit_edit.editors.prune import originals
 from lit_edit.models.cache import atomic_file
 from lit_edit.models.loading import model_fingerprint
 
 STATE_FILE = "sequential_state.pt"
 FORMAT = 2  # 2: one fingerprint of the whole unedited model (1: per edited parameter)
-
-
-class RestoredEdits(WeightSnapshot):
-    """The saved edits put back on the unedited model; ``undo`` also resets the editor's memory."""
-
-    def __init__(self, params: dict[str, nn.Parameter], editor: Editor, editor_state_before: dict[str, Any]) -> None:
-        super().__init__(params)
-        self.editor = editor
-        self.editor_state_before = editor_state_before
-
-    def undo(self) -> None:
-        super().undo()
-        self.editor.load_sequence_state(self.editor_state_before)
 
 
 @dataclass
@@ -100,7 +87,7 @@ class SequentialState:
         except TypeError as err:
             raise ValueError(f"{path}: {err}") from err
 
-    def apply(self, model: nn.Module, editor: Editor, where: Path | str) -> RestoredEdits:
+    def apply(self, model: nn.Module, editor: Editor, where: Path | str) -> MemorySnapshot:
         """Write the saved values into ``model`` (checked to be the model that was edited) and
         the editor's memory into ``editor``; the handle undoes both."""
         if model_fingerprint(model) != self.base_fingerprint:
@@ -114,7 +101,8 @@ class SequentialState:
             if tuple(param.shape) != tuple(value.shape):
                 raise ValueError(f"{where}: {name} is {tuple(value.shape)} there and {tuple(param.shape)} here: "
                                  "another model")
-        handle = RestoredEdits({name: params[name] for name in self.weights}, editor, editor.sequence_state())
+        # undo: the unedited weights and the editor's memory as they are now, before the saved ones
+        handle = MemorySnapshot({name: params[name] for name in self.weights}, editor)
         with torch.no_grad():
             for name, value in self.weights.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))

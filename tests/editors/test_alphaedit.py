@@ -13,7 +13,8 @@ import types
 import pytest
 import torch
 
-from lit_edit.editors.alphaedit import AlphaEditEditor, AlphaEditSnapshot, alphaedit_update, null_space_projection
+from lit_edit.editors.alphaedit import AlphaEditEditor, alphaedit_update, null_space_projection
+from lit_edit.editors.base import MemorySnapshot
 from lit_edit.editors.locate.keys import prompt_context_keys
 from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
@@ -143,7 +144,7 @@ def test_undo_is_bit_exact_and_restores_the_key_cache(tiny, requests_, random_te
     editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     h1 = editor.edit(model, tok, requests_[:2])
-    assert isinstance(h1, AlphaEditSnapshot)
+    assert isinstance(h1, MemorySnapshot)
     after1 = {k: v.clone() for k, v in model.state_dict().items()}
     keys1 = {layer: k.clone() for layer, k in editor.past_keys.items()}
     h2 = editor.edit(model, tok, requests_[2:3])
