@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
 from lit_edit.models.layouts import ModelLayout, add_to_weight, canonical_shape, num_layers, resolve, weight_view
-from lit_edit.utils.forward import decoder_body, head_logits
+from lit_edit.utils.forward import decoder_body, forward_with_cache, head_logits, prefix_cache
 from lit_edit.utils.hooks import capture, patch_input
 from lit_edit.utils.tokens import tokenize_pairs
 
@@ -107,7 +107,7 @@ class LastTokenRunner:
         if self.last > 0:
             with torch.no_grad():
                 prefix = ids[:, : self.last]
-                self.cache = body(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+                self.cache = prefix_cache(body, prefix)
         self.ids = ids[:, self.last :]
         self.positions = torch.tensor([[self.last]], device=device)
         self.mask = torch.ones_like(ids)
@@ -120,9 +120,9 @@ class LastTokenRunner:
             past = copy.deepcopy(self.cache)  # each forward appends the last token to it
             if batch > 1:
                 past.batch_repeat_interleave(batch)
-        hidden = decoder_body(self.model)(
-            input_ids=self.ids.expand(batch, -1), attention_mask=self.mask.expand(batch, -1),
-            position_ids=self.positions.expand(batch, -1), past_key_values=past, use_cache=past is not None,
+        hidden = forward_with_cache(
+            decoder_body(self.model), past, input_ids=self.ids.expand(batch, -1),
+            attention_mask=self.mask.expand(batch, -1), position_ids=self.positions.expand(batch, -1),
         ).last_hidden_state
         return head_logits(self.model, hidden[:, -1])
 

@@ -8,6 +8,9 @@ body once and apply the output head to the few positions that matter.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +24,24 @@ def decoder_body(model: nn.Module) -> nn.Module:
             "lit-edit expects a transformers *ForCausalLM model"
         )
     return body
+
+
+def forward_with_cache(body: nn.Module, cache: Any, **inputs: Any) -> Any:
+    """``body(**inputs)`` continuing from the KV ``cache`` (None: no cache, and none kept).
+
+    transformers 5.24 renamed the decoders' ``past_key_values`` argument to ``cache`` (the old
+    name warns and goes in 5.40); earlier versions only know ``past_key_values``. The name is
+    read from the forward's signature, so both work.
+    """
+    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    return body(**inputs, **{name: cache}, use_cache=cache is not None)
+
+
+def prefix_cache(body: nn.Module, input_ids: Tensor) -> Any:
+    """The KV cache of ``input_ids`` (no padding), for :func:`forward_with_cache` to continue from."""
+    out = body(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
+    cache = getattr(out, "cache", None)  # transformers >= 5.24 (see forward_with_cache)
+    return cache if cache is not None else out.past_key_values
 
 
 def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:

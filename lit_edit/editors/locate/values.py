@@ -33,7 +33,7 @@ from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.prompts import (ESSENCE_TEMPLATE, check_subjects, subject_last_token_positions,
                                              templated_prompts)
 from lit_edit.models.layouts import ModelLayout, canonical_shape, get_module, resolve
-from lit_edit.utils.forward import decoder_body, head_logits
+from lit_edit.utils.forward import decoder_body, forward_with_cache, head_logits, prefix_cache
 from lit_edit.utils.hooks import patch_output
 from lit_edit.utils.precision import eager_attention, low_precision_weights
 from lit_edit.utils.replay import frozen_prefix
@@ -501,7 +501,7 @@ def _prefix_cached_forward(
         # No padding mask here: causal attention already keeps the trailing pads out of the real
         # tokens, and rows that are all padding (subject at position 0) would give NaN keys.
         prefix_ids = prefix_ids.to(device)
-        cache = body(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True).past_key_values
+        cache = prefix_cache(body, prefix_ids)
     else:
         prefix_mask = prefix_mask[:, :0]
     positions = torch.tensor(cut)[:, None] + torch.arange(suffix_ids.shape[1])[None]
@@ -510,8 +510,7 @@ def _prefix_cached_forward(
 
     def forward() -> Any:
         past = copy.deepcopy(cache) if cache is not None else None  # each forward appends to it
-        return body(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=past, use_cache=past is not None)
+        return forward_with_cache(body, past, input_ids=suffix_ids, attention_mask=mask, position_ids=positions)
 
     return forward, cols - torch.tensor(cut)[rows]
 
