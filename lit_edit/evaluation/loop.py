@@ -210,10 +210,10 @@ class EditingLoop(L.LightningModule):
                 tf = self._score(rows)
             for i, row in enumerate(rows):
                 self._pre[self._pre_key(requests[row.edit], row)] = tf.pred_ids[i][tf.mask[i]]
-        if self.cfg.sequential:
-            self._base_fingerprint = model_fingerprint(self.model)
         if self.resumed is not None and self.resumed.state is not None:
-            self._restore_state(requests)
+            self._restore_state(requests)  # checks this model against the state's fingerprint and keeps it
+        elif self.cfg.sequential and self.cfg.state_every and self._state_path is not None:
+            self._base_fingerprint = model_fingerprint(self.model)
 
     def _take_resumed(self, requests: Sequence[EditRequest]) -> None:
         """Count the stopped run's records as this run's first edits: copied to this run's records,
@@ -251,6 +251,7 @@ class EditingLoop(L.LightningModule):
         locality predictions and perplexity are taken) with its curve so far."""
         state = self.resumed.state
         handle = state.apply(self.model, self.editor, self.resumed.run_dir)
+        self._base_fingerprint = state.base_fingerprint
         self._handles.append(handle)
         self._edited = list(requests[: state.n_edits])
         self._curve = [dict(point) for point in state.curve]
@@ -318,8 +319,8 @@ class EditingLoop(L.LightningModule):
         if self._state_unsavable:
             return
         records = [self._records[e] for e in sorted(self._records)]
-        SequentialState.capture(self.model, self._base_fingerprint, self._handles, self.editor, self._n_edits, records,
-                                self._curve, dict(self._model_scores)).save(self._state_path)
+        SequentialState.capture(self.model, self._base_fingerprint, self._handles, self.editor, records, self._curve,
+                                dict(self._model_scores)).save(self._state_path)
         self._state_saved_at = self._n_edits
 
     def _is_last_batch(self, batch_idx: int) -> bool:

@@ -96,8 +96,6 @@ def load_resumed_run(resume_dir: str | Path, cfg: DictConfig, sequential: bool =
         state = SequentialState.load(state_path)
         for i, record in enumerate(state.records):
             _check_order(record, i, str(state_path))
-        if len(state.records) != state.n_edits:
-            raise ValueError(f"{state_path}: {len(state.records)} records for {state.n_edits} edits")
         return ResumedRun(run_dir, state.records, state)
     records = []
     for line_no, line in enumerate(records_path.read_text(encoding="utf-8").splitlines(), 1):

@@ -32,14 +32,13 @@ from lit_edit.models.cache import atomic_file
 from lit_edit.models.loading import model_fingerprint
 
 STATE_FILE = "sequential_state.pt"
-FORMAT = 2  # 2: one fingerprint of the whole unedited model (1: per edited parameter)
+FORMAT = 3  # 3: the number of edits is that of the records; 2: one fingerprint of the whole model
 
 
 @dataclass
 class SequentialState:
-    """A sequential run after its first ``n_edits`` edits."""
+    """A sequential run after its first ``n_edits`` edits (one record each)."""
 
-    n_edits: int
     weights: dict[str, Tensor]             # edited parameters' current values, by ``named_parameters`` name
     base_fingerprint: str                  # model_fingerprint of the model before the first edit
     records: list[dict[str, Any]]          # per-edit records so far, edit 0 first
@@ -47,9 +46,13 @@ class SequentialState:
     model_scores: dict[str, list[float]] = field(default_factory=dict)  # "perplexity@after_50": [...]
     editor_state: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def n_edits(self) -> int:
+        return len(self.records)
+
     @classmethod
     def capture(cls, model: nn.Module, base_fingerprint: str, handles: Iterable[EditHandle], editor: Editor,
-                n_edits: int, records: list[dict[str, Any]], curve: list[dict[str, Any]],
+                records: list[dict[str, Any]], curve: list[dict[str, Any]],
                 model_scores: dict[str, list[float]]) -> SequentialState:
         """The state of ``model`` edited through ``handles`` (all :class:`WeightSnapshot`; check first)."""
         names = {id(p): name for name, p in model.named_parameters()}
@@ -59,7 +62,7 @@ class SequentialState:
             if name is None:
                 raise ValueError(f"edited tensor {handle_name!r} is not a parameter of the model, so it cannot be saved")
             weights[name] = param.detach().cpu().clone()
-        return cls(n_edits=n_edits, weights=weights, base_fingerprint=base_fingerprint, records=[dict(r) for r in records],
+        return cls(weights=weights, base_fingerprint=base_fingerprint, records=[dict(r) for r in records],
                    curve=[dict(p) for p in curve], model_scores={k: list(v) for k, v in model_scores.items()},
                    editor_state=editor.sequence_state())
 
@@ -90,9 +93,10 @@ class SequentialState:
     def apply(self, model: nn.Module, editor: Editor, where: Path | str) -> MemorySnapshot:
         """Write the saved values into ``model`` (checked to be the model that was edited) and
         the editor's memory into ``editor``; the handle undoes both."""
-        if model_fingerprint(model) != self.base_fingerprint:
+        here = model_fingerprint(model)
+        if here != self.base_fingerprint:
             raise ValueError(f"{where}: this model is not the one that run started from (fingerprint "
-                             f"{model_fingerprint(model)} here, {self.base_fingerprint} there): another model or checkpoint")
+                             f"{here} here, {self.base_fingerprint} there): another model or checkpoint")
         params = dict(model.named_parameters())
         for name, value in self.weights.items():
             param = params.get(name)

@@ -8,6 +8,7 @@ body once and apply the output head to the few positions that matter.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -33,8 +34,13 @@ def forward_with_cache(body: nn.Module, cache: Any, **inputs: Any) -> Any:
     name warns and goes in 5.40); earlier versions only know ``past_key_values``. The name is
     read from the forward's signature, so both work.
     """
-    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-    return body(**inputs, **{name: cache}, use_cache=cache is not None)
+    return body(**inputs, **{_cache_argument(type(body)): cache}, use_cache=cache is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(body_class: type) -> str:
+    """``"cache"`` or ``"past_key_values"``, read once per class (the forward runs once per optimisation step)."""
+    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
 
 
 def prefix_cache(body: nn.Module, input_ids: Tensor) -> Any:

@@ -170,7 +170,7 @@ def test_a_saved_sequential_state_continues_with_the_same_keys_and_weights(tiny,
     editor = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)
     handles = [editor.edit(model, tok, requests_[:2])]
     path = tmp_path / "state.pt"
-    SequentialState.capture(model, model_fingerprint(fresh), handles, editor, 2, [], [], {}).save(path)
+    SequentialState.capture(model, model_fingerprint(fresh), handles, editor, [], [], {}).save(path)
     editor.edit(model, tok, requests_[2:4])
 
     resumed = alphaedit(nullspace_threshold=threshold, stats_provider=FixedMoments(cs), v_num_grad_steps=3)

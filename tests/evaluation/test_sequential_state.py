@@ -30,7 +30,7 @@ def test_the_saved_weights_come_back_bit_exact_and_undo_to_the_unedited_model(ti
     unedited = {k: v.clone() for k, v in fresh.state_dict().items()}
     records = [{"edit": 0, "prompt": "p"}, {"edit": 1, "prompt": "q"}]
     base = model_fingerprint(model)
-    state = SequentialState.capture(model, base, edited(model), NoEdit(), 2, records,
+    state = SequentialState.capture(model, base, edited(model), NoEdit(), records,
                                     [{"n_edits": 2, "reliability": 0.5}], {"perplexity@after_2": [12.5]})
     assert len(state.weights) == 2  # one entry per parameter, however many edits touched it
     path = tmp_path / "state.pt"
@@ -46,7 +46,7 @@ def test_the_saved_weights_come_back_bit_exact_and_undo_to_the_unedited_model(ti
 
 def test_a_state_is_refused_on_another_model_another_editor_or_when_unreadable(tiny, tmp_path):
     model, _ = tiny("llama")
-    state = SequentialState.capture(model, model_fingerprint(model), edited(model), NoEdit(), 2, [], [], {})
+    state = SequentialState.capture(model, model_fingerprint(model), edited(model), NoEdit(), [], [], {})
     path = tmp_path / "state.pt"
     state.save(path)
     other, _ = tiny("llama")
