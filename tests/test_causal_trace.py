@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from lit_edit.models.layouts import layout_for
+from lit_edit.models.tiny import TINY_ARCHS
 from lit_edit.trace import subject_token_span, trace, trace_many, window_layers
 from lit_edit.trace.__main__ import main
+from lit_edit.trace.causal import embedding_noise_level
 
 PROMPT = "The Space Needle is located in the city of"
 SUBJECT = "Space Needle"
@@ -29,7 +31,7 @@ def _last_logits(model, tokenizer, prompt=PROMPT):
         return model(input_ids=ids).logits[0, -1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_trace_shapes_sanity_and_hooks_removed(tiny, arch):
     model, tok = tiny(arch)
     layout = layout_for(model)
@@ -107,3 +109,14 @@ def test_cli_writes_json_and_pngs_and_refuses_overwrite(tmp_path, capsys):
     assert err.value.code != 0
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (tmp_path / "trace.json").read_bytes() == written
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_noise_is_sized_from_what_the_embedding_outputs(tiny, arch):
+    """Gemma scales the looked-up rows by sqrt(hidden): noise sized from the bare matrix would be 8x too
+    small on the tiny model (25x on Gemma 3 270M); Llama's embedding outputs its rows as they are."""
+    model, _ = tiny(arch)
+    weight_std = float(model.get_input_embeddings().weight.std())
+    scale = model.config.hidden_size**0.5 if arch == "gemma3" else 1.0
+    assert embedding_noise_level(model, layout_for(model)) == pytest.approx(3 * weight_std * scale, rel=1e-4)
+    assert embedding_noise_level(model, layout_for(model), chunk=7) == pytest.approx(3 * weight_std * scale, rel=1e-4)

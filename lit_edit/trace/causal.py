@@ -204,9 +204,27 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def embedding_noise_level(model: nn.Module, layout: ModelLayout, factor: float = 3.0) -> float:
-    """``factor`` x the standard deviation of the token embedding matrix."""
-    return factor * float(get_module(model, layout.embed).weight.detach().float().std())
+@torch.no_grad()
+def embedding_noise_level(model: nn.Module, layout: ModelLayout, factor: float = 3.0, chunk: int = 16384) -> float:
+    """``factor`` x the standard deviation of the embedding module's output over the vocabulary.
+
+    The noise is added to that output, so its scale is what counts, not the matrix's: Gemma's
+    embedding multiplies the looked-up rows by sqrt(hidden size) (25 for Gemma 3 270M), and noise
+    sized from the bare matrix would hardly corrupt the subject there. Summed in float64 over
+    chunks of ids, so a 262k-row vocabulary needs no full-size copy.
+    """
+    embed = get_module(model, layout.embed)
+    device = embed.weight.device
+    total = squares = 0.0
+    count = 0
+    for start in range(0, embed.weight.shape[0], chunk):
+        ids = torch.arange(start, min(start + chunk, embed.weight.shape[0]), device=device)
+        out = embed(ids).double()
+        total += float(out.sum())
+        squares += float((out * out).sum())
+        count += out.numel()
+    mean = total / count
+    return factor * ((squares - count * mean * mean) / (count - 1)) ** 0.5
 
 
 def _answer_token_id(tokenizer, prompt: str, answer: str | int) -> int:

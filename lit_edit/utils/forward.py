@@ -50,6 +50,25 @@ def prefix_cache(body: nn.Module, input_ids: Tensor) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
+def attention_window(model: nn.Module) -> int | None:
+    """The shortest sliding attention window of the model's layers; None where every layer sees all.
+
+    Gemma 2/3 and Mistral-style models attend over the last ``sliding_window`` positions of the
+    *sequence as stored*, padding included. A batch that pads inside its rows (the prefix caches
+    of the value search) is only exact while each row fits in the window.
+    """
+    config = getattr(model, "config", model)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
 def head_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     """Apply the LM head (and Gemma-style logit soft-capping) to final hidden states."""
     logits = model.get_output_embeddings()(hidden)

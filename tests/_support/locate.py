@@ -25,3 +25,15 @@ def tiny_value_settings(**overrides: Any) -> dict[str, Any]:
                                     kl_factor=0.0625, v_stop_loss=5e-2, mom2_adjustment=False,
                                     context_templates=list(TEMPLATES))
     return {**settings, **overrides}
+
+
+def additive_mlp_archs() -> tuple[str, ...]:
+    """The tiny architectures whose MLP output is added to the residual as it is.
+
+    MEMIT, PMET, AlphaEdit and KN refuse the others (Gemma 3's post-MLP norm; see
+    ``require_unnormalised_mlp_output``); read from the layouts, not listed by hand.
+    """
+    from lit_edit.models.layouts import layout_for
+    from lit_edit.models.tiny import TINY_ARCHS, tiny_config
+
+    return tuple(a for a in TINY_ARCHS if layout_for(tiny_config(a, 1000, 0, 1)).mlp_out_norm is None)

@@ -20,7 +20,7 @@ from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 from lit_edit.models.loading import model_fingerprint
 
-from _support.locate import tiny_value_settings
+from _support.locate import additive_mlp_archs, tiny_value_settings
 
 LAYERS = [1, 2]
 
@@ -55,7 +55,7 @@ def weights(model, layers=LAYERS) -> dict[int, torch.Tensor]:
     return {layer: canonical_weight(resolve(model, "mlp_out", layer)).detach().double().clone() for layer in layers}
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", additive_mlp_archs())
 def test_update_lies_in_the_null_space_and_is_the_closed_form(tiny, requests_, random_text_second_moment, arch):
     model, tok = tiny(arch)
     cs, threshold = half_rank_setup(model, random_text_second_moment)

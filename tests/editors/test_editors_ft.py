@@ -12,6 +12,7 @@ import lit_edit.editors.ft as ft_module
 from lit_edit.editors.ft import FineTuneEditor
 from lit_edit.evaluation.scoring import teacher_forced
 from lit_edit.models.layouts import layout_for
+from lit_edit.models.tiny import TINY_ARCHS
 from lit_edit.utils.tokens import tokenize_pairs
 
 
@@ -54,7 +55,7 @@ def test_stop_loss_stops_early(tiny, requests_):
     assert 0 < editor.last_steps < 200
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_frozen_prefix_replay_is_exact(tiny, requests_, arch, monkeypatch):
     """The same edit with and without replaying the blocks below the edited layer."""
     results = []

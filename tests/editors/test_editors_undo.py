@@ -7,8 +7,9 @@ import torch
 
 from lit_edit.editors.base import NoEdit
 from lit_edit.editors.ft import FineTuneEditor
+from lit_edit.models.tiny import TINY_ARCHS
 
-ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+ARCHS = TINY_ARCHS
 
 
 def ft(objective: str) -> FineTuneEditor:

@@ -13,11 +13,12 @@ from lit_edit.editors.ke import KnowledgeEditor
 from lit_edit.editors.learned import BaseModelMismatch, load_editor
 from lit_edit.editors.learned.base import RunningNorm
 from lit_edit.editors.mend import MEND
+from lit_edit.models.tiny import TINY_ARCHS
 from lit_edit.utils.forward import logits_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+ARCHS = TINY_ARCHS
 
 
 def build(cls, model, tok, arch: str, **kw):

@@ -12,7 +12,7 @@ from lit_edit.data.paths import data_root
 from lit_edit.editors.locate.corpus import all_documents, corpus_id, is_heading, text_samples
 from lit_edit.editors.locate.stats import SecondMomentStats, StatsConfig, _length_batches
 from lit_edit.models.layouts import canonical_shape, layout_for, resolve
-from lit_edit.models.tiny import tiny_model
+from lit_edit.models.tiny import TINY_ARCHS, tiny_model
 from lit_edit.utils.hooks import capture
 
 CORPUS = """\
@@ -195,7 +195,7 @@ def test_length_batches_respect_budget():
 # --- statistics -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_matches_brute_force(tiny, corpus, tmp_path, arch):
     model, tok = tiny(arch)
     layout, cfg = layout_for(model), _cfg(corpus)

@@ -19,9 +19,9 @@ from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
-from _support.locate import TEMPLATES, tiny_value_settings
+from _support.locate import TEMPLATES, additive_mlp_archs, tiny_value_settings
 
-ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused)
 LAYERS = [1, 2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
@@ -456,3 +456,31 @@ def test_layer_weights_share_the_residual_over_the_layers(tiny, facts_ending_wit
         memit(layer_weights=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="must be positive"):
         memit(layer_weights=[1.0, 0.0])
+
+
+def test_normalised_mlp_output_is_refused(tiny, requests_):
+    """Gemma 3 normalises the MLP output before the residual add: MEMIT, its kin and KN say so and stop,
+    before any statistics are asked for, and leave the model as it was."""
+    from lit_edit.editors.alphaedit import AlphaEditEditor
+    from lit_edit.editors.kn import KNEditor
+    from lit_edit.editors.pmet import PMETEditor
+
+    model, tok = tiny("gemma3")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    provider = FixedMoments({})  # any request for C would fail with a KeyError, not the refusal
+    editors = {
+        "MEMIT": memit(mom2_adjustment=True, stats_provider=provider),
+        "PMET": PMETEditor(**tiny_value_settings(layers=LAYERS, mom2_update_weight=1.0, mom2_adjustment=True,
+                                                 stats_provider=provider)),
+        "AlphaEdit": AlphaEditEditor(**tiny_value_settings(layers=LAYERS, mom2_update_weight=1.0, mom2_adjustment=True,
+                                                           stats_provider=provider, nullspace_threshold=1e-2, L2=1e-3)),
+        "KN": KNEditor(lr_scale=1.0, steps=10, batch_size=10, adaptive_threshold=0.2, refine=False, p=0.4),
+    }
+    for name, editor in editors.items():
+        with pytest.raises(ValueError, match=rf"{name} cannot edit this model \(gemma3_text\).*"
+                                             r"post_feedforward_layernorm.*ROME"):
+            editor.edit(model, tok, requests_[:1])
+    assert provider.calls == []
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the models the tests edit are not refused
+    assert set(ARCHS) == {"llama", "gpt2", "gptj", "gpt_neox"}

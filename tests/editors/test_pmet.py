@@ -11,9 +11,9 @@ from lit_edit.editors.locate.values import ValueHParams, joint_value_targets, va
 from lit_edit.editors.pmet import PMETEditor
 from lit_edit.models.layouts import layout_for
 
-from _support.locate import TEMPLATES, tiny_value_settings
+from _support.locate import TEMPLATES, additive_mlp_archs, tiny_value_settings
 
-ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused)
 LAYERS = [1, 2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py

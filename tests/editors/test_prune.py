@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from lit_edit.editors.base import WeightSnapshot
 from lit_edit.editors.ft import FineTuneEditor
-from lit_edit.editors.rome import ROMEEditor
 from lit_edit.editors.prune import PruneConfig, restrain_singular_values, spectrum_reports
+from lit_edit.editors.rome import ROMEEditor
 from lit_edit.evaluation.loop import EditingLoop, EvalConfig
+from lit_edit.models.tiny import TINY_ARCHS
 
 
 def test_restraint_function_by_hand():
@@ -71,7 +72,7 @@ def test_prune_needs_a_sequential_mode(tiny):
         PruneConfig(alpha=1.0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_compare_mode_scores_both_and_keeps_editing_on_plain_weights(tiny, requests_, arch):
     """compare: the restrained model is scored at each point, then the plain weights come back.
 

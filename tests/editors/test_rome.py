@@ -23,11 +23,12 @@ from lit_edit.editors.locate.prompts import context_templates, fill_template, su
 from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.rome import CachedStatsProvider, ROMEEditor
 from lit_edit.models.layouts import layout_for, resolve
+from lit_edit.models.tiny import TINY_ARCHS
 from lit_edit.utils.hooks import capture
 
 from _support.locate import TEMPLATES, tiny_value_settings
 
-ARCHS = ("llama", "gpt2", "gptj", "gpt_neox")
+ARCHS = TINY_ARCHS
 LAYER = 1
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py

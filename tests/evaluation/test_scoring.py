@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lit_edit.evaluation.scoring import teacher_forced
+from lit_edit.models.tiny import TINY_ARCHS
 from lit_edit.utils.tokens import answer_batch, join_answer, tokenize_pairs
 
 PROMPTS = ["The capital of France is", "Danielle Darrieux speaks", "Q: who wrote Hamlet?\nA:"]
@@ -28,7 +29,7 @@ def test_join_answer_spacing():
     assert join_answer("The capital is", " Paris") == " Paris"
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gptj", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 @pytest.mark.parametrize("budget", [10_000, 12])  # one padded batch / one probe per batch
 def test_matches_unpadded_full_forward(tiny, arch, budget):
     model, tok = tiny(arch)

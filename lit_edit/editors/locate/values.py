@@ -33,7 +33,7 @@ from lit_edit.data.schema import EditRequest
 from lit_edit.editors.locate.prompts import (ESSENCE_TEMPLATE, check_subjects, subject_last_token_positions,
                                              templated_prompts)
 from lit_edit.models.layouts import ModelLayout, canonical_shape, get_module, resolve
-from lit_edit.utils.forward import decoder_body, forward_with_cache, head_logits, prefix_cache
+from lit_edit.utils.forward import attention_window, decoder_body, forward_with_cache, head_logits, prefix_cache
 from lit_edit.utils.hooks import patch_output
 from lit_edit.utils.precision import eager_attention, low_precision_weights
 from lit_edit.utils.replay import frozen_prefix
@@ -279,7 +279,7 @@ def joint_value_targets(
         score_rows = torch.cat([batch.rows, torch.arange(len(rw), len(sel))])
         score_cols = torch.cat([batch.cols, torch.tensor([kl_pos[i] for i in sub], dtype=torch.long)])
         sub_ids, sub_cut = [rows_ids[j] for j in sel], [cut[j] for j in sel]
-        if reuse_prefix:
+        if reuse_prefix and _prefix_fits_window(model, sub_ids, sub_cut):
             forward, score_cols = _prefix_cached_forward(model, tokenizer, sub_ids, sub_cut, score_rows, score_cols,
                                                          device)
             patch_cols = torch.zeros(len(sel), dtype=torch.long, device=device)
@@ -481,6 +481,20 @@ def _full_forward(model: nn.Module, tokenizer, rows_ids: list[list[int]], device
 
 
 @torch.no_grad()
+def _prefix_fits_window(model: nn.Module, rows_ids: list[list[int]], cut: list[int]) -> bool:
+    """Whether the padded prefix + suffix layout fits every sliding attention window.
+
+    That layout pads each row's prefix to the longest one, so a suffix token sits further from
+    its prefix, in stored positions, than in the row itself; a sliding window counts stored
+    positions and would drop prefix tokens the whole row still attends to. (Gemma 3 270M's window
+    is 512 tokens, far beyond edit prompts; the tiny test model's is 8.)
+    """
+    window = attention_window(model)
+    if window is None:
+        return True
+    return max(cut) + max(len(ids) - c for ids, c in zip(rows_ids, cut)) <= window
+
+
 def _prefix_cached_forward(
     model: nn.Module, tokenizer, rows_ids: list[list[int]], cut: list[int], rows: Tensor, cols: Tensor, device
 ) -> tuple[Callable[[], Any], Tensor]:
