@@ -140,3 +140,8 @@ def test_llama_style_builtins_match_transformers(model_type):
         resolve(model, key, 1)
     for key in ("embed", "final_norm", "lm_head"):
         resolve(model, key)
+    # the post-MLP norm is named exactly where the model has one (Gemma 2/3), and resolves there
+    has_norm = hasattr(get_module(model, layout.name("layer", 1)), "post_feedforward_layernorm")
+    assert (layout.mlp_out_norm is not None) == has_norm == (model_type in ("gemma2", "gemma3_text"))
+    if has_norm:
+        resolve(model, "mlp_out_norm", 1)
