@@ -152,7 +152,7 @@ def _assembled_gguf(spec: ModelSpec, package: str) -> Path:
     """The GGUF that ``package.assemble`` joins from its chunk packages, kept under the cache.
 
     ``assemble`` checks the joined file's sha256 and refuses to overwrite a different file of
-    that name, so a second load re-checks the file (a quarter of a second) rather than rewriting it.
+    that name, so a second load re-checks the file (0.3 s for Gemma 3 270M's 253 MB) rather than rewriting it.
     """
     module = importlib.import_module(package)
     join = getattr(module, "assemble", None)

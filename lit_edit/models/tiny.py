@@ -1,9 +1,10 @@
 """Tiny random language models of several architectures, for fast tests.
 
 Every editor is exercised on more than one module layout (Llama, GPT-2 with Conv1D, GPT-J,
-GPT-NeoX, Gemma 3 with its scaled embeddings, query/key norms and sliding-window layers), so tests build models here instead of downloading anything. The tokenizer is a
-small byte-level BPE trained offline (about 0.1 s) and shared by all architectures; pass it
-around (or a ``cache_dir``) to avoid retraining - nothing is cached at module level.
+GPT-NeoX, and Gemma 3 with its scaled embeddings, post-sublayer norms and sliding-window layers),
+so tests build models here instead of downloading anything. The tokenizer is a small byte-level
+BPE trained offline (about 0.1 s) and shared by all architectures; pass it around (or a
+``cache_dir``) to avoid retraining - nothing is cached at module level.
 """
 
 from __future__ import annotations

@@ -480,7 +480,6 @@ def _full_forward(model: nn.Module, tokenizer, rows_ids: list[list[int]], device
     return lambda: body(input_ids=input_ids, attention_mask=mask, use_cache=False)
 
 
-@torch.no_grad()
 def _prefix_fits_window(model: nn.Module, rows_ids: list[list[int]], cut: list[int]) -> bool:
     """Whether the padded prefix + suffix layout fits every sliding attention window.
 
@@ -495,6 +494,7 @@ def _prefix_fits_window(model: nn.Module, rows_ids: list[list[int]], cut: list[i
     return max(cut) + max(len(ids) - c for ids, c in zip(rows_ids, cut)) <= window
 
 
+@torch.no_grad()
 def _prefix_cached_forward(
     model: nn.Module, tokenizer, rows_ids: list[list[int]], cut: list[int], rows: Tensor, cols: Tensor, device
 ) -> tuple[Callable[[], Any], Tensor]:
