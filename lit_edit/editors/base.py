@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.evaluation.efficiency import Stopwatch
-from lit_edit.models.layouts import ModelLayout, layout_for
+from lit_edit.models.layouts import ModelLayout, layout_for, require_unnormalised_mlp_output
 from lit_edit.utils.signals import Interrupted
 
 
@@ -90,6 +90,12 @@ class Editor(abc.ABC):
 
     #: short name used in results and run directories
     name: str = "editor"
+    #: the algorithm's name in log lines and error messages
+    algorithm: ClassVar[str] = "editor"
+    #: why the editor's math needs the MLP output added to the residual stream as it is (None: it
+    #: does not); :meth:`prepare` then refuses a model that normalises it first (Gemma 2/3,
+    #: :attr:`ModelLayout.mlp_out_norm`), before any statistics are computed
+    needs_unnormalised_mlp_output: ClassVar[str | None] = None
 
     def __init__(self, name: str | None = None) -> None:
         self.layout: ModelLayout | None = None
@@ -120,7 +126,10 @@ class Editor(abc.ABC):
 
     def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
         """One-off work before the first edit (resolve modules, load statistics)."""
-        self.layout = layout or layout_for(model)
+        layout = layout or layout_for(model)
+        if self.needs_unnormalised_mlp_output is not None:
+            require_unnormalised_mlp_output(model, layout, self.algorithm, self.needs_unnormalised_mlp_output)
+        self.layout = layout
 
     def ensure_prepared(self, model: nn.Module, tokenizer) -> ModelLayout:
         if self.layout is None:

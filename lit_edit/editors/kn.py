@@ -51,9 +51,7 @@ from torch import Tensor, nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, WeightSnapshot
-from lit_edit.models.layouts import (
-    ModelLayout, add_to_weight, canonical_shape, layout_for, num_layers, require_unnormalised_mlp_output, resolve, weight_view,
-)
+from lit_edit.models.layouts import ModelLayout, add_to_weight, canonical_shape, num_layers, resolve, weight_view
 from lit_edit.utils.forward import decoder_body, forward_with_cache, head_logits, prefix_cache
 from lit_edit.utils.hooks import capture, patch_input
 from lit_edit.utils.tokens import tokenize_pairs
@@ -239,6 +237,16 @@ class KNSelection:
 class KNEditor(CallbackEditor):
     """Knowledge Neurons: locate neurons by integrated gradients, rewrite their value vectors."""
 
+    algorithm = "KN"
+    # Through a norm on the MLP output the block's output is the same for every scale of the
+    # activations but the smallest, and integrated gradients along the scale from 0 to 1 see only
+    # the gradient at zero. On Gemma 3 270M (layer 4, "The capital of France is" -> Paris) p(Paris)
+    # is 0.022 with the activations zeroed, 0.072 at scale 0.01, 0.084 at 0.05 and 0.084 from 0.2
+    # to 1: 99 % of the change lies below KN's first Riemann point after zero (linspace(0, 1, 20));
+    # on the tiny Gemma 3 of the tests, 40 steps recover 70 % of the change against 99 % elsewhere.
+    needs_unnormalised_mlp_output = ("its output does not change with the scale of the activations that "
+                                     "integrated gradients vary")
+
     def __init__(
         self,
         *,
@@ -270,19 +278,6 @@ class KNEditor(CallbackEditor):
         self.layers = None if layers is None else [int(x) for x in layers]
         self.max_length = max_length
         self.last_selections: list[KNSelection] = []  # diagnostics of the latest edit
-
-    def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
-        """Refuses a model that normalises the MLP's output: the block's output is then the same for
-        every scale of the activations but the smallest, and integrated gradients along the scale
-        from 0 to 1 see only the gradient at zero. On Gemma 3 270M (layer 4, "The capital of France
-        is" -> Paris) p(Paris) is 0.022 with the activations zeroed, 0.072 at scale 0.01, 0.084 at
-        0.05 and 0.084 from 0.2 to 1: 99 % of the change lies below KN's first Riemann point after
-        zero (linspace(0, 1, 20)); on the tiny Gemma 3 of the tests, 40 steps recover 70 % of the
-        change against 99 % on the other layouts."""
-        layout = layout or layout_for(model)
-        require_unnormalised_mlp_output(model, layout, "KN", "its output does not change with the scale of the "
-                                        "activations that integrated gradients vary")
-        super().prepare(model, tokenizer, layout)
 
     def _layers(self, model: nn.Module) -> list[int]:
         return self.layers if self.layers is not None else list(range(num_layers(model, self.layout)))

@@ -129,7 +129,7 @@ from lit_edit.editors.locate.base import LocateEditor
 from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys, subject_states
 from lit_edit.editors.locate.prompts import fill_template
 from lit_edit.editors.locate.values import ValueTargets, value_targets
-from lit_edit.models.layouts import ModelLayout, add_to_weight, layout_for, require_unnormalised_mlp_output, resolve
+from lit_edit.models.layouts import ModelLayout, add_to_weight, resolve
 
 #: MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
 MEMIT_LENGTH_PARAMS: tuple[tuple[int, int], ...] = ((10, 5),)
@@ -221,6 +221,11 @@ class MEMITEditor(LocateEditor):
 
     name = "memit"
     algorithm = "MEMIT"
+    # Each layer's write is a share of ``z* - z`` in residual-stream coordinates, put into
+    # ``mlp_out``'s output as it is. Gemma 2/3 pass that output through an RMSNorm before the
+    # residual add, which rescales it to a fixed size: the writes would miss z* (on a tiny Gemma 3
+    # the last layer ends nowhere near it), so the result would be a different, untested method.
+    needs_unnormalised_mlp_output = "each layer's write is a residual-stream target put into it as it is"
     default_length_params = MEMIT_LENGTH_PARAMS
 
     def __init__(self, *, layers: Sequence[int] | int, mom2_update_weight: float, rounds: int = 1,
@@ -282,19 +287,6 @@ class MEMITEditor(LocateEditor):
         return self._prepared_moments
 
     # -- editing ---------------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
-        """Refuses, before any statistics are computed, a model that normalises the MLP's output.
-
-        Each layer's write is ``z* - z`` shares in residual-stream coordinates, put into
-        ``mlp_out``'s output as they are. Gemma 2/3 pass that output through an RMSNorm before the
-        residual add, which rescales it to a fixed size: the writes would miss z* (on a tiny Gemma 3
-        the last layer ends nowhere near it), so the result would be a different, untested method.
-        """
-        layout = layout or layout_for(model)
-        require_unnormalised_mlp_output(model, layout, self.algorithm,
-                                        "each layer's write is a residual-stream target put into it as it is")
-        super().prepare(model, tokenizer, layout)
-
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
         layout = self.ensure_prepared(model, tokenizer)
         requests = list(requests)

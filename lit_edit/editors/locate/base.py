@@ -137,7 +137,6 @@ class LocateEditor(CallbackEditor):
         name: the editor's name in results (default: the class's ``name``).
     """
 
-    #: the algorithm's name in log lines and error messages
     algorithm: ClassVar[str] = "locate-then-edit"
     #: the provider built from ``stats`` when no ``stats_provider`` is given
     default_stats_provider: ClassVar[type] = CachedStatsProvider
