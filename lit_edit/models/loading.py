@@ -161,8 +161,7 @@ def _assembled_gguf(spec: ModelSpec, package: str) -> Path:
     file_name = spec.gguf_file or getattr(module, "MODEL_NAME", None)
     if not file_name:
         raise ValueError(f"model {spec.name!r}: set gguf_file (package {package!r} names no MODEL_NAME)")
-    root = Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_root("models")
-    return Path(join(output_path=root / "gguf" / file_name))
+    return Path(join(output_path=models_cache_root(spec) / "gguf" / file_name))
 
 
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:
@@ -176,10 +175,14 @@ def file_hash(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()[:16]
 
 
+def models_cache_root(spec: ModelSpec) -> Path:
+    """Where ``spec``'s de-quantized models (and joined GGUFs) live: ``spec.cache_dir`` or ``cache_root("models")``."""
+    return Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_root("models")
+
+
 def gguf_cache_dir(spec: ModelSpec, gguf: Path) -> Path:
-    """``<root>/<name>-<file hash>``, root = ``spec.cache_dir`` or ``cache_root("models")``."""
-    root = Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_root("models")
-    return root / f"{spec.name}-{file_hash(gguf)}"
+    """``<root>/<name>-<file hash>``, root = :func:`models_cache_root`."""
+    return models_cache_root(spec) / f"{spec.name}-{file_hash(gguf)}"
 
 
 def ensure_gguf_cache(spec: ModelSpec) -> Path:
