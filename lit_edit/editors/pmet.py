@@ -40,6 +40,10 @@ class PMETEditor(MEMITEditor):
 
     name = "pmet"
     algorithm = "PMET"
+    # MEMIT carries its residual-stream shares through a post-MLP norm; PMET's target is the last
+    # layer's MLP output before that norm, whose change is not a residual-stream change to share
+    needs_unnormalised_mlp_output = ("PMET's target is the last layer's MLP output, shared over the lower layers "
+                                     "as if it were added to the residual stream as it is")
 
     def __init__(self, **settings: Any) -> None:
         if settings.get("layer_weights") is not None:

@@ -40,7 +40,8 @@ class ModelLayout:
         mlp_out_norm: a norm between ``mlp_out`` and the residual add (Gemma 2/3's
             ``post_feedforward_layernorm``), or None where the MLP's output is added as it is.
             It rescales whatever ``mlp_out`` writes, so methods that write a residual-stream
-            target into ``mlp_out`` (MEMIT and its kin) cannot be used through it.
+            target into ``mlp_out`` must carry it back through the norm (MEMIT, AlphaEdit:
+            ``editors/locate/norm_target.py``) or refuse the model (PMET, KN).
     """
 
     layers: str
@@ -182,7 +183,8 @@ def require_unnormalised_mlp_output(model: nn.Module, layout: ModelLayout, metho
     raise ValueError(
         f"{method} cannot edit this model ({model_type}): the output of {layout.mlp_out!r} is normalised "
         f"({layout.mlp_out_norm!r}) before it reaches the residual stream, and {why}. ROME, FT-L/FT-M and "
-        "the learned editors optimise or train through that norm and work on it."
+        "the learned editors optimise or train through that norm, and MEMIT and AlphaEdit carry their targets back "
+        "through it: they work on it."
     )
 
 

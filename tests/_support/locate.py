@@ -30,8 +30,8 @@ def tiny_value_settings(**overrides: Any) -> dict[str, Any]:
 def additive_mlp_archs() -> tuple[str, ...]:
     """The tiny architectures whose MLP output is added to the residual as it is.
 
-    MEMIT, PMET, AlphaEdit and KN refuse the others (Gemma 3's post-MLP norm; see
-    ``require_unnormalised_mlp_output``); read from the layouts, not listed by hand.
+    PMET and KN refuse the others (Gemma 3's post-MLP norm; see ``require_unnormalised_mlp_output``;
+    MEMIT and AlphaEdit carry their targets through it); read from the layouts, not listed by hand.
     """
     from lit_edit.models.layouts import layout_for
     from lit_edit.models.tiny import TINY_ARCHS, tiny_config

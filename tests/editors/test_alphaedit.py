@@ -20,7 +20,9 @@ from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 from lit_edit.models.loading import model_fingerprint
 
-from _support.locate import additive_mlp_archs, tiny_value_settings
+from lit_edit.models.tiny import TINY_ARCHS
+
+from _support.locate import tiny_value_settings
 
 LAYERS = [1, 2]
 
@@ -55,7 +57,7 @@ def weights(model, layers=LAYERS) -> dict[int, torch.Tensor]:
     return {layer: canonical_weight(resolve(model, "mlp_out", layer)).detach().double().clone() for layer in layers}
 
 
-@pytest.mark.parametrize("arch", additive_mlp_archs())
+@pytest.mark.parametrize("arch", TINY_ARCHS)  # Gemma 3: carried through its post-MLP norm, as MEMIT
 def test_update_lies_in_the_null_space_and_is_the_closed_form(tiny, requests_, random_text_second_moment, arch):
     model, tok = tiny(arch)
     cs, threshold = half_rank_setup(model, random_text_second_moment)

@@ -26,7 +26,7 @@ from _support.locate import additive_mlp_archs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused)
+ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused_by_pmet_and_kn)
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "editor" / "kn.yaml"
 
 

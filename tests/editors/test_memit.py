@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys
+from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys, subject_states
+from lit_edit.editors.locate.norm_target import nearest_unit_rms, read_rmsnorm
 from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 
+from lit_edit.models.tiny import TINY_ARCHS
+
 from _support.locate import TEMPLATES, additive_mlp_archs, tiny_value_settings
 
-ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused)
+ARCHS = TINY_ARCHS  # Gemma 3's post-MLP norm included: the writes are carried back through it
 LAYERS = [1, 2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
@@ -71,9 +74,11 @@ def test_batch_edit_learns_targets_touches_only_the_layers_and_undoes(tiny, arch
         written = canonical_weight(resolve(model, "mlp_out", upd.layer)).detach().double() \
             - canonical_weight_of(before, model, upd.layer)
         assert torch.allclose(written, upd.delta, atol=1e-5 * upd.delta.abs().max())
-    # the last layer takes what is left: z at the last layer ends at z*
-    z = layer_outputs(model, tok, layout, LAYERS[-1], reqs, TEMPLATES)
-    assert torch.allclose(z, editor.last_targets.values, atol=1e-2 * editor.last_targets.delta.norm())
+    # the last layer takes what is left: z at the last layer ends at z* (behind a post-MLP norm, only
+    # as near as the norm lets it: test_behind_a_post_mlp_norm_the_write_is_carried_through_it)
+    if layout.mlp_out_norm is None:
+        z = layer_outputs(model, tok, layout, LAYERS[-1], reqs, TEMPLATES)
+        assert torch.allclose(z, editor.last_targets.values, atol=1e-2 * editor.last_targets.delta.norm())
 
     handle.undo()
     for k, v in model.state_dict().items():
@@ -458,10 +463,53 @@ def test_layer_weights_share_the_residual_over_the_layers(tiny, facts_ending_wit
         memit(layer_weights=[1.0, 0.0])
 
 
-def test_normalised_mlp_output_is_refused(tiny, requests_):
-    """Gemma 3 normalises the MLP output before the residual add: MEMIT, its kin and KN say so and stop,
-    before any statistics are asked for, and leave the model as it was."""
-    from lit_edit.editors.alphaedit import AlphaEditEditor
+def test_behind_a_post_mlp_norm_the_write_is_carried_through_it(tiny, facts_ending_with_subject, monkeypatch):
+    """Gemma 3 normalises the MLP output before the residual add: the last layer's normalised output
+    lands on the nearest point it can reach of its target, and z ends much nearer z* than when the
+    residual is written into the MLP output as it is (MEMIT on an additive model)."""
+    reqs = facts_ending_with_subject
+    one_template = dict(context_templates=["{}"])
+
+    def edit(carry: bool):
+        model, tok = tiny("gemma3")
+        if not carry:
+            monkeypatch.setattr(MEMITEditor, "_through_output_norm", staticmethod(lambda *args: args[-1]))
+        editor = memit(**one_template)
+        layout = layout_for(model)
+        last = resolve(model, "mlp_out", LAYERS[-1], layout)
+        recorded = {}
+        real_delta = editor._layer_delta
+
+        def record(layer, keys, residual, preserved=()):
+            if layer == LAYERS[-1]:  # the MLP output at the keys just before the last layer's write
+                recorded["m"] = keys.double() @ canonical_weight(last).detach().double().T
+            return real_delta(layer, keys, residual, preserved)
+
+        monkeypatch.setattr(editor, "_layer_delta", record)
+        editor.edit(model, tok, reqs)
+        monkeypatch.undo()
+        z = layer_outputs(model, tok, layout, LAYERS[-1], reqs, ["{}"])
+        vt = editor.last_targets
+        return model, tok, layout, editor, recorded["m"], ((z - vt.values).norm(dim=-1) / vt.delta.norm(dim=-1))
+
+    model, tok, layout, editor, m_old, miss = edit(carry=True)
+    *_, miss_as_is = edit(carry=False)
+    assert (miss < 0.5 * miss_as_is).all(), (miss, miss_as_is)  # measured: 0.11-0.16 against 0.41-0.47
+
+    norm = resolve(model, "mlp_out_norm", LAYERS[-1], layout)
+    gain = read_rmsnorm(norm, m_old.shape[-1]).gain
+    upd = editor.last_updates[-1]
+    wanted = norm(m_old.float()).double() + (editor.last_targets.values.double() - upd.z.double())
+    reachable = gain * nearest_unit_rms(gain, wanted)
+    landed = subject_states(model, tok, layout, "mlp_out_norm", LAYERS[-1], reqs, ["{}"], what="output").double()
+    assert torch.allclose(landed, reachable, atol=1e-3 * reachable.norm(dim=-1).max())
+    assert (landed - wanted).norm(dim=-1).max() > 1.0  # the targets here are out of the norm's reach
+
+
+def test_normalised_mlp_output_is_refused_by_pmet_and_kn(tiny, requests_):
+    """Gemma 3 normalises the MLP output before the residual add: PMET (whose target is that output,
+    shared over the layers as a residual) and KN say so and stop, before any statistics are asked for,
+    and leave the model as it was."""
     from lit_edit.editors.kn import KNEditor
     from lit_edit.editors.pmet import PMETEditor
 
@@ -469,11 +517,8 @@ def test_normalised_mlp_output_is_refused(tiny, requests_):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     provider = FixedMoments({})  # any request for C would fail with a KeyError, not the refusal
     editors = {
-        "MEMIT": memit(mom2_adjustment=True, stats_provider=provider),
         "PMET": PMETEditor(**tiny_value_settings(layers=LAYERS, mom2_update_weight=1.0, mom2_adjustment=True,
                                                  stats_provider=provider)),
-        "AlphaEdit": AlphaEditEditor(**tiny_value_settings(layers=LAYERS, mom2_update_weight=1.0, mom2_adjustment=True,
-                                                           stats_provider=provider, nullspace_threshold=1e-2, L2=1e-3)),
         "KN": KNEditor(lr_scale=1.0, steps=10, batch_size=10, adaptive_threshold=0.2, refine=False, p=0.4),
     }
     for name, editor in editors.items():
@@ -482,5 +527,5 @@ def test_normalised_mlp_output_is_refused(tiny, requests_):
             editor.edit(model, tok, requests_[:1])
     assert provider.calls == []
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    # the models the tests edit are not refused
-    assert set(ARCHS) == {"llama", "gpt2", "gptj", "gpt_neox"}
+    # the models PMET and KN are tested on are not refused
+    assert set(additive_mlp_archs()) == {"llama", "gpt2", "gptj", "gpt_neox"}

@@ -13,7 +13,7 @@ from lit_edit.models.layouts import layout_for
 
 from _support.locate import TEMPLATES, additive_mlp_archs, tiny_value_settings
 
-ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused)
+ARCHS = additive_mlp_archs()  # Gemma 3 is refused (test_memit.py::test_normalised_mlp_output_is_refused_by_pmet_and_kn)
 LAYERS = [1, 2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/editors/conftest.py
