@@ -19,7 +19,6 @@ from lit_edit.editors.locate.keys import prompt_context_keys
 from lit_edit.evaluation.sequential_state import SequentialState
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
 from lit_edit.models.loading import model_fingerprint
-
 from lit_edit.models.tiny import TINY_ARCHS
 
 from _support.locate import tiny_value_settings

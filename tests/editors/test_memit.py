@@ -19,7 +19,6 @@ from lit_edit.editors.locate.norm_target import nearest_unit_rms, read_rmsnorm
 from lit_edit.editors.locate.values import ValueHParams, value_targets
 from lit_edit.editors.memit import MEMITEditor, layer_outputs, memit_update
 from lit_edit.models.layouts import canonical_weight, layout_for, resolve
-
 from lit_edit.models.tiny import TINY_ARCHS
 
 from _support.locate import TEMPLATES, additive_mlp_archs, tiny_value_settings

@@ -45,6 +45,12 @@ class RMSNormShape:
     eps: float
 
 
+def _as_norm_input(norm: nn.Module, x: Tensor) -> Tensor:
+    """``x`` on the norm's device and in its dtype (as is for a norm without parameters)."""
+    param = next(iter(norm.parameters()), None)
+    return x if param is None else x.to(device=param.device, dtype=param.dtype)
+
+
 @torch.no_grad()
 def read_rmsnorm(norm: nn.Module, width: int) -> RMSNormShape:
     """The gain and ``eps`` of ``norm``, read from the module itself.
@@ -54,16 +60,14 @@ def read_rmsnorm(norm: nn.Module, width: int) -> RMSNormShape:
     1e-3 to ``g * 1e-3 / sqrt(1e-6 + eps)``. A module that is not such a norm (a LayerNorm centres,
     and has a bias) is an error.
     """
-    param = next(iter(norm.parameters()), None)
-    kw = dict(device=param.device, dtype=param.dtype) if param is not None else {}
-    gain = norm(torch.full((1, width), 1000.0, **kw))[0].double().cpu()
+    gain = norm(_as_norm_input(norm, torch.full((1, width), 1000.0)))[0].double().cpu()
     probe = torch.randn(4, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
     expected = gain * probe / probe.pow(2).mean(-1, keepdim=True).sqrt()
-    got = norm(probe.to(**kw)).double().cpu()
+    got = norm(_as_norm_input(norm, probe)).double().cpu()
     if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(gain.abs().max())):
         raise ValueError(f"{type(norm).__name__} after the MLP output is not an RMSNorm with an elementwise "
                          "gain (norm(x) = g * x / rms(x)), which is what carrying a target through it assumes")
-    small = norm(torch.full((1, width), 1e-3, **kw))[0].double().cpu()
+    small = norm(_as_norm_input(norm, torch.full((1, width), 1e-3)))[0].double().cpu()
     used = gain.abs() > 1e-6 * float(gain.abs().max())
     ratio = float((small[used] / gain[used]).mean())  # 1e-3 / sqrt(1e-6 + eps)
     return RMSNormShape(gain=gain, eps=max(1e-6 * (1.0 / ratio ** 2 - 1.0), 0.0) if ratio > 0 else 0.0)
@@ -104,10 +108,8 @@ def mlp_output_change(norm: nn.Module, current: Tensor, residual: Tensor) -> Ten
     if m.shape != r.shape:
         raise ValueError(f"MLP outputs {tuple(m.shape)} and residual {tuple(r.shape)} differ in shape")
     shape = read_rmsnorm(norm, m.shape[-1])
-    param = next(iter(norm.parameters()), None)
     with torch.no_grad():
-        now = norm(m.to(dtype=param.dtype if param is not None else torch.float32,
-                        device=param.device if param is not None else "cpu")).double().cpu()
+        now = norm(_as_norm_input(norm, m.float())).double().cpu()
     s = nearest_unit_rms(shape.gain, now + r)
     rms = m.pow(2).mean(-1, keepdim=True).sqrt()
     floor = torch.clamp(MIN_SCALE * rms, min=EPS_MARGIN * shape.eps ** 0.5)
