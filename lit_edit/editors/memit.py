@@ -141,7 +141,7 @@ from lit_edit.editors.locate.keys import compute_keys, prompt_context_keys, subj
 from lit_edit.editors.locate.prompts import fill_template
 from lit_edit.editors.locate.values import ValueTargets, value_targets
 from lit_edit.editors.locate.norm_target import mlp_output_change
-from lit_edit.models.layouts import ModelLayout, add_to_weight, resolve, weight_view
+from lit_edit.models.layouts import ModelLayout, add_to_weight, output_at, resolve
 
 #: MEMIT's context templates: "{}" plus 5 generated prefixes of 10 tokens (memit_main.py).
 MEMIT_LENGTH_PARAMS: tuple[tuple[int, int], ...] = ((10, 5),)
@@ -398,11 +398,8 @@ class MEMITEditor(LocateEditor):
                              residual: Tensor) -> Tensor:
         """The change of ``mlp_out``'s output at ``keys`` that moves its normalised output by ``residual``
         (Gemma 2/3; :mod:`lit_edit.editors.locate.norm_target`). The output is read at the averaged key,
-        ``module(k)`` (exactly the average of the templates' outputs, as the map is affine)."""
-        weight, _ = weight_view(module)
-        with torch.no_grad():
-            current = module(keys.to(device=weight.device, dtype=weight.dtype))
-        return mlp_output_change(resolve(model, "mlp_out_norm", layer, layout), current, residual)
+        ``module(k)`` (:func:`~lit_edit.models.layouts.output_at`)."""
+        return mlp_output_change(resolve(model, "mlp_out_norm", layer, layout), output_at(module, keys), residual)
 
     def _layer_delta(self, layer: int, keys: Tensor, residual: Tensor,
                      preserved: Sequence[tuple[Tensor, float]] = ()) -> Tensor:

@@ -38,7 +38,7 @@ from lit_edit.editors.locate.base import CachedStatsProvider, LocateEditor, Seco
 from lit_edit.editors.locate.keys import compute_keys
 from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS
 from lit_edit.editors.locate.values import ValueTargets, value_targets
-from lit_edit.models.layouts import add_to_weight, resolve, weight_view
+from lit_edit.models.layouts import add_to_weight, output_at, resolve, weight_view
 
 __all__ = ["CachedStatsProvider", "CholeskySolver", "ROMEEditor", "RankOneUpdate", "SecondMomentProvider",
            "rank_one_update"]
@@ -92,9 +92,7 @@ def rank_one_update(module: nn.Module, key: Tensor, value: Tensor, solve_c=None)
     module(key)) / (left . key)``. ``module(key)`` includes any bias, so for every supported
     projection the edited module returns exactly ``value`` for ``key``.
     """
-    weight, _ = weight_view(module)
-    with torch.no_grad():
-        current = module(key.to(device=weight.device, dtype=weight.dtype)[None])[0]
+    current = output_at(module, key[None])[0]
     residual = value.detach().to(device="cpu", dtype=torch.float64) - current.to(device="cpu", dtype=torch.float64)
     k64 = key.detach().to(device="cpu", dtype=torch.float64)
     left = solve_c(k64) if solve_c is not None else k64.clone()

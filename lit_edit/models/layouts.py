@@ -247,6 +247,19 @@ def weight_view(module: nn.Module) -> tuple[nn.Parameter, bool]:
     return weight, isinstance(module, Conv1D)
 
 
+def output_at(module: nn.Module, keys: torch.Tensor) -> torch.Tensor:
+    """The edited projection's output at ``keys`` ``[n, in]``, without grad, on its device and dtype.
+
+    Read through ``module`` itself rather than as ``W k``, so any bias (GPT-2's ``Conv1D``, GPT-J's
+    ``fc_out``) is in it: an update fitted to ``target - output_at(k)`` then makes the edited
+    module return ``target`` exactly (and, the map being affine, the output at a template-averaged key
+    is the average of the templates' outputs).
+    """
+    weight, _ = weight_view(module)
+    with torch.no_grad():
+        return module(keys.to(device=weight.device, dtype=weight.dtype))
+
+
 def canonical_weight(module: nn.Module) -> torch.Tensor:
     """The weight as ``[out_features, in_features]`` (a view: do not modify it in place)."""
     weight, transposed = weight_view(module)

@@ -18,6 +18,7 @@ from lit_edit.models.layouts import (
     layout_for,
     module_name,
     num_layers,
+    output_at,
     resolve,
     set_weight,
     weight_view,
@@ -74,6 +75,25 @@ def test_rank_one_update_in_canonical_orientation(each_tiny):
     assert torch.equal(canonical_weight(module), original)
     with pytest.raises(ValueError, match=r"expected \[out, in\]"):
         add_to_weight(module, torch.zeros(in_f, out_f + 1))
+
+
+def test_output_at_includes_the_bias_in_the_modules_dtype(each_tiny):
+    """output_at(k) = W k + b for every architecture (biases where it has them), read without grad
+    from float64 keys on the module's dtype; what ROME and MEMIT fit their updates against."""
+    _, model, _ = each_tiny
+    module = resolve(model, "mlp_out", 1)
+    _, in_f = canonical_shape(module)
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(3, in_f, generator=g, dtype=torch.float64)
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor):  # the tiny models' biases start at zero: make this one count
+        with torch.no_grad():
+            bias.copy_(torch.randn(bias.shape, generator=g))
+    out = output_at(module, keys)
+    weight = canonical_weight(module).detach().double()
+    expected = keys @ weight.T + (bias.detach().double() if isinstance(bias, torch.Tensor) else 0.0)
+    assert out.dtype == canonical_weight(module).dtype and not out.requires_grad
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_out_of_range_layer(tiny_tok):
