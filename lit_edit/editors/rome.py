@@ -75,7 +75,8 @@ class CholeskySolver:
         if int(info) != 0:
             raise ValueError(
                 f"{what} ({c.shape[0]}x{c.shape[0]}) is not positive definite (leading minor {int(info)} fails): "
-                "collect statistics over more tokens than the key dimension, or use mom2_adjustment: false"
+                "the keys it was collected from do not span all the dimensions: collect statistics over more, and "
+                "more varied, text (many more tokens than the key dimension), or use mom2_adjustment: false"
             )
         self.dim = c.shape[0]
         self.factor = factor

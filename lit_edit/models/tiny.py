@@ -156,6 +156,14 @@ def tiny_model(
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG untouched
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[arch](config)
+        # transformers initialises every bias to zero, and a trained model's are not: at zero an
+        # editor that forgot a bias (ROME's W k + b, MEMIT's current output) would pass every test.
+        # Drawn like the weights (N(0, initializer_range)); on these models a down projection's bias
+        # is then about as large as its output at a token (norm ~0.16 against 0.07-0.2).
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.rsplit(".", 1)[-1] == "bias":
+                    param.normal_(0.0, config.initializer_range)
     if arch == "gemma3":
         # Gemma's post-MLP RMSNorm fixes the size of what an MLP adds to the residual at its gain,
         # which initialises to 1; trained, Gemma 3 270M's gains average 8-31 over layers 3-9. At 1 a

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.models.layouts import layout_for, resolve
+from lit_edit.models.tiny import tiny_corpus
 from lit_edit.utils.hooks import capture
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -91,8 +92,12 @@ def real_stats(tmp_path):
     """``stats`` settings for the real statistics module over a small text file (cache under tmp_path/stats)."""
     pytest.importorskip("lit_edit.editors.locate.stats")
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"Paragraph {i}: the capital of France is Paris, and Rome is in Italy. "
-                                f"Toko Yasuda plays the guitar {i} times." for i in range(64)))
+    # varied text: C = E[k k^T] is positive definite only if the keys span the key space, and 64
+    # copies of one sentence (differing in a number) do not, whatever the token count
+    builtin = " ".join(dict.fromkeys(tiny_corpus(max_wiki_lines=0)))
+    sentences = [s.strip() for s in builtin.split(". ") if s.strip()]
+    corpus.write_text("\n".join(f"Paragraph {i}: " + ". ".join(sentences[(i * 7 + j) % len(sentences)] for j in range(4))
+                                + f". It happened {i} times." for i in range(64)))
     return dict(cache_dir=str(tmp_path / "stats"), model_id="tiny_gpt2", corpus=str(corpus), n_samples=64,
                 max_length=32, dtype="float64")
 

@@ -449,3 +449,16 @@ def test_bf16_autocast_values_are_close_to_float32(each_tiny, requests_):
     assert getattr(model.config, "_attn_implementation", None) == attention
     with pytest.raises(ValueError, match="autocast"):
         dataclasses.replace(hp, autocast="fp8")
+
+
+def test_a_second_moment_from_too_little_variety_is_refused_with_the_reason():
+    """Keys that span only part of the space (one sentence repeated, however many tokens) give a
+    singular C; the solver says so and what to do, rather than writing through a garbage inverse."""
+    from lit_edit.editors.rome import CholeskySolver
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(4096, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 8, generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"C of layer 5 \(8x8\) is not positive definite .*more varied"):
+        CholeskySolver(keys.T @ keys / len(keys), what="C of layer 5")
+    spanning = torch.randn(4096, 8, generator=g, dtype=torch.float64)
+    assert CholeskySolver(spanning.T @ spanning / len(spanning)).dim == 8

@@ -63,3 +63,15 @@ def test_tokenizer_cache_dir_and_no_wikitext(tmp_path, monkeypatch):
 def test_unknown_arch(tiny_tok):
     with pytest.raises(ValueError, match="unknown tiny architecture 'bert'"):
         tiny_model("bert", tokenizer=tiny_tok)
+
+
+def test_biases_are_drawn_not_zero(each_tiny):
+    """transformers starts every bias at zero; a trained model's are not, and an editor that drops
+    one (W k + b) must fail the editor tests. So every bias the architecture has is drawn."""
+    arch, model, _ = each_tiny
+    biases = {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"}
+    if arch in ("llama", "gemma3"):
+        assert not biases  # no biases in these layouts
+        return
+    assert biases and all(p.abs().min() > 0 for p in biases.values())
+    assert 0.01 < torch.cat([p.flatten() for p in biases.values()]).std() < 0.04
