@@ -368,7 +368,7 @@ class MEMITEditor(LocateEditor):
             model, tokenizer, self.layers[-1], "layer",
             lambda store: value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
                                         self.value_hp(model), module="layer", max_length=self.max_length,
-                                        chunk_size=self.v_chunk_size, store=store))
+                                        chunk_size=self.chunk_size(model), store=store))
 
     def _keys(self, model: nn.Module, tokenizer, layout: ModelLayout, layer: int,
               requests: Sequence[EditRequest]) -> tuple[Tensor, Tensor | None]:

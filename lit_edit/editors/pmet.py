@@ -59,7 +59,7 @@ class PMETEditor(MEMITEditor):
         found = joint_value_targets(model, tokenizer, layout, self.layers[-1], requests, self.templates,
                                     self.value_hp(model),
                                     modules=["attn_out", "mlp_out"], max_length=self.max_length,
-                                    chunk_size=self.v_chunk_size)
+                                    chunk_size=self.chunk_size(model))
         self.last_attention_targets = found["attn_out"]
         return found["mlp_out"]
 

@@ -154,7 +154,7 @@ class ROMEEditor(LocateEditor):
     def _value_targets(self, model: nn.Module, tokenizer, layout, requests: Sequence[EditRequest]) -> ValueTargets:
         """``v*`` at ``mlp_out`` of the layer, the one place ROME's settings reach the optimisation."""
         return value_targets(model, tokenizer, layout, self.layer, requests, self.templates, self.value_hp(model),
-                             max_length=self.max_length, chunk_size=self.v_chunk_size)
+                             max_length=self.max_length, chunk_size=self.chunk_size(model))
 
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> WeightSnapshot:
         layout = self.ensure_prepared(model, tokenizer)

@@ -209,3 +209,31 @@ def test_one_chunk_is_one_entry_keyed_by_the_whole_batch(tiny, facts_ending_with
     key = editor.value_cache.key(fresh, tok, layer=LAYERS[-1], modules=["layer"], requests=facts_ending_with_subject,
                                  templates=editor.templates, hp=editor.hp, max_length=editor.max_length)
     assert [p.name for p in tmp_path.glob("*.safetensors")] == [f"{key}.safetensors"]
+
+
+def test_auto_chunks_by_the_models_device(tiny, facts_ending_with_subject, tmp_path, monkeypatch):
+    """v_chunk_size: auto takes the device's size when the values are optimised: on this CPU, with the
+    CPU's size set to 3, four requests make two chunks (two cache entries) and with 4 one chunk."""
+    import lit_edit.editors.locate.values as values_module
+
+    model, tok = tiny("llama")
+    monkeypatch.setattr(values_module, "AUTO_CHUNK_SIZES", {"cpu": 3})
+    editor = memit(tmp_path / "three", v_chunk_size="auto")
+    assert editor.v_chunk_size == "auto" and editor.chunk_size(model) == 3
+    editor.edit(model, tok, facts_ending_with_subject)
+    assert len(list((tmp_path / "three").glob("*.safetensors"))) == 2
+    monkeypatch.setattr(values_module, "AUTO_CHUNK_SIZES", {"cpu": 4})
+    memit(tmp_path / "four", v_chunk_size="auto").edit(tiny("llama")[0], tok, facts_ending_with_subject)
+    assert len(list((tmp_path / "four").glob("*.safetensors"))) == 1
+
+
+def test_chunk_size_settings(tmp_path):
+    from lit_edit.editors.locate.values import AUTO_CHUNK_SIZE_ELSEWHERE, AUTO_CHUNK_SIZES, resolve_chunk_size
+
+    assert resolve_chunk_size("auto", "cpu") == AUTO_CHUNK_SIZES["cpu"] == 5
+    assert resolve_chunk_size("auto", "cuda:0") == AUTO_CHUNK_SIZE_ELSEWHERE == 25  # no GPU needed to resolve it
+    assert resolve_chunk_size(7, "cuda") == 7 and resolve_chunk_size(None, "cpu") is None
+    assert memit(tmp_path, v_chunk_size="12").v_chunk_size == 12  # as a command line gives it
+    for bad in (0, -3, "big", 2.5, True):
+        with pytest.raises(ValueError, match=r"v_chunk_size must be an integer >= 1, null or 'auto', got"):
+            memit(tmp_path, v_chunk_size=bad)

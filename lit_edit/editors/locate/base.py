@@ -19,7 +19,8 @@ from lit_edit.data.schema import EditRequest
 from lit_edit.editors.base import CallbackEditor, EditInterrupted, WeightSnapshot
 from lit_edit.editors.locate.prompts import ROME_LENGTH_PARAMS, context_templates, split_template
 from lit_edit.editors.locate.value_cache import ValueCache
-from lit_edit.editors.locate.values import ChunkStore, ValueHParams, ValueTargets
+from lit_edit.editors.locate.values import (ChunkStore, ValueHParams, ValueTargets, check_chunk_size,
+                                            resolve_chunk_size)
 from lit_edit.models.layouts import ModelLayout, canonical_shape, resolve, weight_view
 from lit_edit.models.loading import model_fingerprint
 from lit_edit.utils.precision import check_autocast, resolve_autocast
@@ -122,7 +123,8 @@ class LocateEditor(CallbackEditor):
             ``C`` (and optionally ``get_many(model, tokenizer, layout, layers)``); overrides ``stats``.
         max_length: longest templated prompt + target, in tokens.
         v_chunk_size: optimise ``v*``/``z*`` for at most this many requests at a time (same
-            result, bounded memory; ``None``: all requests of an ``edit`` call together).
+            result, bounded memory; ``None``: all requests of an ``edit`` call together);
+            ``"auto"``: by the model's device (:func:`resolve_chunk_size`).
         v_autocast: ``None`` (float32) or ``"bf16"``: the ``v*``/``z*`` steps after a float32 first
             one in bfloat16 (:class:`~lit_edit.editors.locate.values.ValueHParams`); ``"auto"``:
             bf16 where bfloat16 products are the faster on the model's device (a CPU with AMX, a CUDA GPU
@@ -162,7 +164,7 @@ class LocateEditor(CallbackEditor):
         stats: Mapping[str, Any] | None = None,
         stats_provider: SecondMomentProvider | None = None,
         max_length: int = 128,
-        v_chunk_size: int | None = None,
+        v_chunk_size: int | str | None = None,
         v_autocast: str | None = None,
         v_share_subject: bool = False,
         v_cache_dir: str | None = None,
@@ -190,9 +192,7 @@ class LocateEditor(CallbackEditor):
         self.stats = dict(stats or {})
         self.stats_provider = stats_provider
         self.max_length = max_length
-        if v_chunk_size is not None and int(v_chunk_size) < 1:
-            raise ValueError(f"v_chunk_size must be >= 1 or null, got {v_chunk_size}")
-        self.v_chunk_size = None if v_chunk_size is None else int(v_chunk_size)
+        self.v_chunk_size = check_chunk_size(v_chunk_size)
         self.value_cache = ValueCache(v_cache_dir) if v_cache_dir else None
         # caches (visible, cleared by clear_cache): templates and what _use_moments made of C
         self.templates: list[str] | None = None
@@ -275,6 +275,10 @@ class LocateEditor(CallbackEditor):
         """:attr:`hp` with ``v_autocast`` resolved for the device ``model`` is on now."""
         autocast = resolve_autocast(self.v_autocast, next(model.parameters()).device)
         return self.hp if autocast == self.hp.autocast else dataclasses.replace(self.hp, autocast=autocast)
+
+    def chunk_size(self, model: nn.Module) -> int | None:
+        """``v_chunk_size`` resolved for the device ``model`` is on now."""
+        return resolve_chunk_size(self.v_chunk_size, next(model.parameters()).device)
 
     def _require_subjects(self, requests: Sequence[EditRequest]) -> None:
         for r in requests:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -456,6 +457,33 @@ def _delta_groups(requests: Sequence[EditRequest], share_subject: bool) -> list[
         return list(range(len(requests)))
     first: dict[str, int] = {}
     return [first.setdefault(r.subject, len(first)) for r in requests]
+
+
+# ``chunk_size="auto"`` by device type. On a CPU a step's cost is moving activations through the
+# caches, so smaller chunks are faster as well as smaller. SmolLM2, MEMIT's tuned z* (8 templates,
+# 25 ZsRE requests, one round, 2 threads, AMD EPYC): chunks of 5 took 9.2 s per request at 2.29 GB
+# peak RSS, chunks of 25 took 12.4 s at 7.01 GB, with the same metrics; Gemma 3 270M, 10.19 s at
+# 3.10 GB against 10.70 s at 6.98 GB. Elsewhere (GPUs) 25, the earlier default: no GPU was measured,
+# and a GPU wants larger batches.
+AUTO_CHUNK_SIZES: Mapping[str, int] = MappingProxyType({"cpu": 5})
+AUTO_CHUNK_SIZE_ELSEWHERE = 25
+
+
+def check_chunk_size(setting: int | str | None, name: str = "v_chunk_size") -> int | str | None:
+    """``setting`` as an int >= 1, ``None`` or ``"auto"``; anything else is refused, naming ``name``."""
+    if setting is None or setting == "auto":
+        return setting
+    if isinstance(setting, bool) or not isinstance(setting, (int, str)) or not str(setting).isdigit() \
+            or int(setting) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, null or 'auto', got {setting!r}")
+    return int(setting)
+
+
+def resolve_chunk_size(setting: int | str | None, device: torch.device | str) -> int | None:
+    """The chunk size for ``setting`` on ``device`` (``"auto"``: :data:`AUTO_CHUNK_SIZES`)."""
+    if check_chunk_size(setting) == "auto":
+        return AUTO_CHUNK_SIZES.get(torch.device(device).type, AUTO_CHUNK_SIZE_ELSEWHERE)
+    return setting  # type: ignore[return-value]
 
 
 def _chunks(group_of: Sequence[int], size: int) -> list[list[int]]:
