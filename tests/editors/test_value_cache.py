@@ -233,6 +233,7 @@ def test_chunk_size_settings(tmp_path):
     assert resolve_chunk_size("auto", "cpu") == AUTO_CHUNK_SIZES["cpu"] == 5
     assert resolve_chunk_size("auto", "cuda:0") == AUTO_CHUNK_SIZE_ELSEWHERE == 25  # no GPU needed to resolve it
     assert resolve_chunk_size(7, "cuda") == 7 and resolve_chunk_size(None, "cpu") is None
+    assert resolve_chunk_size("12", "cpu") == 12  # the checked int, not the string it came as
     assert memit(tmp_path, v_chunk_size="12").v_chunk_size == 12  # as a command line gives it
     for bad in (0, -3, "big", 2.5, True):
         with pytest.raises(ValueError, match=r"v_chunk_size must be an integer >= 1, null or 'auto', got"):

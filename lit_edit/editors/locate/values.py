@@ -481,9 +481,10 @@ def check_chunk_size(setting: int | str | None, name: str = "v_chunk_size") -> i
 
 def resolve_chunk_size(setting: int | str | None, device: torch.device | str) -> int | None:
     """The chunk size for ``setting`` on ``device`` (``"auto"``: :data:`AUTO_CHUNK_SIZES`)."""
-    if check_chunk_size(setting) == "auto":
+    checked = check_chunk_size(setting)
+    if checked == "auto":
         return AUTO_CHUNK_SIZES.get(torch.device(device).type, AUTO_CHUNK_SIZE_ELSEWHERE)
-    return setting  # type: ignore[return-value]
+    return checked  # type: ignore[return-value]
 
 
 def _chunks(group_of: Sequence[int], size: int) -> list[list[int]]:
