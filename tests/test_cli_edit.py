@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from omegaconf import OmegaConf
 
 from lit_edit.cli.common import build_trainer
+from lit_edit.utils.progress import ClosingTQDMProgressBar
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_progress_bar_is_tqdm_unless_a_terminal_and_a_given_one_is_kept():
         def isatty(self) -> bool:
             return True
 
-    assert type(build_trainer(cfg, [], False, stream=io.StringIO()).progress_bar_callback) is TQDMProgressBar
+    assert type(build_trainer(cfg, [], False, stream=io.StringIO()).progress_bar_callback) is ClosingTQDMProgressBar
     mine = TQDMProgressBar(refresh_rate=7)
     assert build_trainer(cfg, [mine], False, stream=io.StringIO()).progress_bar_callback is mine
     # on a terminal the choice stays Lightning's (its Rich bar when rich is installed)

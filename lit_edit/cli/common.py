@@ -9,12 +9,13 @@ from typing import IO, Any, Sequence
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from lit_edit.editors.prune import PruneConfig
 from lit_edit.models.layouts import ModelLayout, layout_for
 from lit_edit.models.loading import ModelSpec, load_model
+from lit_edit.utils.progress import ClosingTQDMProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, *, stream:
     stream = sys.stdout if stream is None else stream  # where Lightning's bars write
     wants_bar = bool(cfg.trainer.get("enable_progress_bar", True))
     if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks) and not stream.isatty():
-        callbacks.append(TQDMProgressBar())
+        callbacks.append(ClosingTQDMProgressBar())
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
 
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
 class Interrupted(SIGTERMException):
@@ -31,11 +32,15 @@ def explain_sigterm(note: Callable[[], str]) -> Iterator[None]:
     ``note`` is called only on a stop, when the state it describes (steps done, files
     written) is final. A stop that already has a message (an editor's own, such as MEMIT's
     between z* chunks) keeps it in front of the note. The message is also logged, so the run
-    directory's log says why the run has no summary.
+    directory's log says why the run has no summary. Under DDP every rank gets the SIGTERM
+    (Lightning forwards it); only rank 0 says why, the others exit with status 1 silently, so a
+    stopped two-process run prints its note once, not once per process.
     """
     try:
         yield
     except SIGTERMException as stop:
+        if getattr(rank_zero_only, "rank", 0) != 0:
+            raise Interrupted(1) from None
         said = stop.code if isinstance(stop.code, str) else ""
         message = "; ".join(part for part in (said, note()) if part)
         # the progress bar's line has no newline until the bar closes, which a stop skips: end it,
