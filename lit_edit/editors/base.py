@@ -18,7 +18,7 @@ from torch import nn
 
 from lit_edit.data.schema import EditRequest
 from lit_edit.evaluation.efficiency import Stopwatch
-from lit_edit.models.layouts import ModelLayout, layout_for, require_unnormalised_mlp_output
+from lit_edit.models.layouts import ModelLayout, check_layers, layout_for, require_unnormalised_mlp_output
 from lit_edit.utils.signals import Interrupted
 
 
@@ -124,9 +124,20 @@ class Editor(abc.ABC):
             yield
         self.last_timings[name] = self.last_timings.get(name, 0.0) + watch.last
 
+    def configured_layers(self) -> Sequence[int] | None:
+        """The blocks the configuration names for this editor (None: none, or every block)."""
+        return None
+
+    def layers_override(self, layers: Sequence[int]) -> str:
+        """The override that set :meth:`configured_layers`, as an error message names it."""
+        return f"editor.layers={list(layers)}"
+
     def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
         """One-off work before the first edit (resolve modules, load statistics)."""
         layout = layout or layout_for(model)
+        layers = self.configured_layers()
+        if layers is not None:
+            check_layers(model, layers, setting=self.layers_override(layers), layout=layout)
         if self.needs_unnormalised_mlp_output is not None:
             require_unnormalised_mlp_output(model, layout, self.algorithm, self.needs_unnormalised_mlp_output)
         self.layout = layout

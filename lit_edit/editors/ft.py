@@ -61,6 +61,9 @@ class FineTuneEditor(CallbackEditor):
         self.max_length = max_length
         self.last_steps: int = 0  # optimisation steps taken by the latest edit (diagnostics)
 
+    def configured_layers(self) -> list[int]:
+        return self.layers
+
     def _weights(self, model: nn.Module) -> dict[str, nn.Parameter]:
         layout = self.layout
         out = {}

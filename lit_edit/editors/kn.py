@@ -279,6 +279,9 @@ class KNEditor(CallbackEditor):
         self.max_length = max_length
         self.last_selections: list[KNSelection] = []  # diagnostics of the latest edit
 
+    def configured_layers(self) -> list[int] | None:
+        return self.layers  # None: every block, which exists by definition
+
     def _layers(self, model: nn.Module) -> list[int]:
         return self.layers if self.layers is not None else list(range(num_layers(model, self.layout)))
 

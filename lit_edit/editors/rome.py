@@ -132,6 +132,9 @@ class ROMEEditor(LocateEditor):
     def edited_layers(self) -> list[int]:
         return [self.layer]
 
+    def layers_override(self, layers: Sequence[int]) -> str:
+        return f"editor.layer={self.layer}"
+
     def _use_moments(self, moments: dict[int, Tensor]) -> CholeskySolver:
         """``C`` is factorised once per editor (cached until clear_cache)."""
         return CholeskySolver(moments[self.layer], what=f"second moment C of layer {self.layer}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -218,6 +218,20 @@ def num_layers(model: nn.Module, layout: ModelLayout | None = None) -> int:
     """Number of transformer blocks (length of the ``layers`` ModuleList)."""
     layout = layout or layout_for(model)
     return len(get_module(model, layout.layers))
+
+
+def check_layers(model: nn.Module, layers: Sequence[int], *, setting: str, layout: ModelLayout | None = None) -> None:
+    """Refuse layers ``model`` does not have, naming the setting they came from (``"editor.layers=[3, 99]"``).
+
+    Editors call it in ``prepare``, before statistics or optimisation: a layer list written for a
+    deeper model (``model.layers.<editor>`` in a model config, or an override) then fails with the
+    override to fix, not with a module lookup deep in the first edit.
+    """
+    n = num_layers(model, layout)
+    missing = [layer for layer in layers if not 0 <= layer < n]
+    if missing:
+        raise IndexError(f"{setting}: layer {', '.join(map(str, missing))} does not exist: the model "
+                         f"has {n} layers (0..{n - 1}); the model config's model.layers.* sets them per model")
 
 
 def resolve(model: nn.Module, template: str, layer: int | None = None, layout: ModelLayout | None = None) -> nn.Module:

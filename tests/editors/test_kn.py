@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,12 @@ def test_no_neuron_above_threshold_is_a_noop_handle(tiny, requests_):
     assert handle.params == {}
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     handle.undo()
+
+
+def test_a_layer_the_model_lacks_is_refused_before_any_attribution(tiny, requests_):
+    model, tok = tiny("gpt2")
+    with pytest.raises(IndexError, match=re.escape("editor.layers=[1, 9]: layer 9 does not exist: the model has 4")):
+        kn(layers=[1, 9]).edit(model, tok, [requests_[0]])
 
 
 def test_config_instantiates_and_bad_hparams_are_errors():

@@ -8,6 +8,7 @@ one-token targets; the algebra (least-squares update, W' k* = target) is checked
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def test_one_layer_small_lambda_writes_the_layer_target(tiny, requests_, arch):
 
 def test_layers_out_of_range_and_bad_lists(tiny, requests_):
     model, tok = tiny("gpt2")
-    with pytest.raises(IndexError, match="layer 9 does not exist"):
+    with pytest.raises(IndexError, match=re.escape("editor.layers=[2, 9]: layer 9 does not exist: the model has 4")):
         memit(layers=[2, 9]).edit(model, tok, requests_[:1])
     with pytest.raises(ValueError, match="strictly increasing"):
         memit(layers=[2, 1])

@@ -9,8 +9,8 @@ solution, undo) is checked on the shared fixture requests, whose subjects sit mi
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -157,7 +157,7 @@ def test_subject_not_in_prompt_is_a_clear_error(tiny_tok):
 
 def test_layer_out_of_range_is_the_layouts_error(tiny, requests_):
     model, tok = tiny("gpt2")
-    with pytest.raises(IndexError, match="layer 9 does not exist"):
+    with pytest.raises(IndexError, match="^editor.layer=9: layer 9 does not exist: the model has 4 layers"):
         rome(layer=9).edit(model, tok, requests_[:1])
     with pytest.raises(TypeError, match="one layer"):
         rome(layer=[1, 2])

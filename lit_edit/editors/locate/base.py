@@ -204,6 +204,9 @@ class LocateEditor(CallbackEditor):
         """The blocks whose ``mlp_out`` this editor writes, ascending."""
         raise NotImplementedError
 
+    def configured_layers(self) -> list[int]:
+        return self.edited_layers
+
     @property
     def value_site(self) -> tuple[str, int]:
         """``(layout module, layer)`` whose output at the subject's last token holds the value
@@ -228,9 +231,7 @@ class LocateEditor(CallbackEditor):
     # -- preparation ---------------------------------------------------------------------------
     def prepare(self, model: nn.Module, tokenizer, layout: ModelLayout | None = None) -> None:
         """Resolve the layers, generate the context templates, load ``C`` of every layer (once)."""
-        super().prepare(model, tokenizer, layout)
-        for layer in self.edited_layers:
-            resolve(model, "mlp_out", layer, self.layout)  # a wrong layer fails here, readably
+        super().prepare(model, tokenizer, layout)  # a layer the model lacks fails here, naming the setting
         if self.templates is None:
             self.templates = context_templates(
                 model, tokenizer, length_params=self.context_template_length_params,
